@@ -42,7 +42,7 @@ class ChannelMapShortcut(nn.Module):
 
     def forward(self, x):
         if self.stride > 1: x = x[:, :, ::self.stride, ::self.stride]
-        if self._is_zero_pad():  # fast path: plain padding, the unmodified option A
+        if self._is_zero_pad() and x.shape[1] == self.in_channels:  # fast path: plain padding, the unmodified option A
             return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
         padded = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
         return padded[:, self.index]  # index -1 selects the appended zero channel
