@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # pip's local mirrors print one warning per missing index entry; keep the log readable.
 QUIET_PIP := grep -v '^WARNING: Location' || true
 
-.PHONY: venv test test-notebooks test-python check-sync test-slow repro data export clean-nbs
+.PHONY: system venv test test-notebooks test-python check-sync test-slow repro data export clean-nbs
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ $(STAMP): settings.ini setup.py pyproject.toml
 
 venv: $(STAMP)
 
+## System packages the tests and the pipeline use, from Debian (installed only when missing and possible):
+## headless Chromium for the report's browser test, the official Fashion-MNIST files.
+system:
+	@if ! command -v chromium >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium dataset-fashion-mnist >/dev/null 2>&1 || echo "warning: apt-get install chromium dataset-fashion-mnist failed"; \
+	  else echo "note: install chromium and dataset-fashion-mnist (Debian) for the browser test and offline Fashion-MNIST"; fi; \
+	fi
+
 ## Tests: notebooks and package in sync, notebooks as tests, then the pytest suite.
-test: $(STAMP) check-sync test-notebooks test-python
+test: $(STAMP) system check-sync test-notebooks test-python
 
 check-sync: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH .ci/check-sync
@@ -38,11 +47,15 @@ test-slow: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2 --flags slow --timing
 	$(BIN)/pytest -q -n 2 tests --runslow
 
-## The main job.
-repro: $(STAMP)
-	mkdir -p runs/theory
-	$(BIN)/papermill nbs/02_theory.ipynb runs/theory/02_theory.ipynb --cwd nbs
-	@echo "Executed theory notebook: runs/theory/02_theory.ipynb"
+## The main job: prepare the datasets if missing (offline sources, else the torchvision download), then run
+## the DVC pipeline (dvc.yaml; profile in params.yaml) and point at the HTML report.
+data: $(STAMP) system
+	$(BIN)/incres data prepare --all --if-missing
+	$(BIN)/dvc commit -q -f data.dvc
+
+repro: $(STAMP) data
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+	@echo "Report: reports/html/index.html (figures and tables in reports/<dataset>/; metrics: .venv/bin/dvc metrics show)"
 
 ## Developer helpers.
 export: $(STAMP)

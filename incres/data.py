@@ -624,14 +624,17 @@ class Loaders:
 
 def make_loaders(name: str, root='data', batch_size: int = 128, eval_batch_size: int = 512, seed: int = 0,
                  subset: int | None = None, val_size: int = 0, device='cpu', channels_last: bool = True,
-                 rank: int = 0, world_size: int = 1) -> Loaders:
-    "Train (shuffled, augmented), validation (carved from train; None if `val_size` is 0) and test batches of `name`."
+                 rank: int = 0, world_size: int = 1, test_subset: int | None = None) -> Loaders:
+    "Train (shuffled, augmented), validation (carved from train; None if `val_size` is 0) and test batches of `name` (the first `test_subset` of each class, if given)."
     info = get_info(name)
     images, labels = load_split(name, 'train', root)
     pool = torch.arange(len(labels)) if subset is None else stratified_first(labels, subset, info.num_classes)
     train_idx, val_idx = split_validation(labels, pool, val_size, info.num_classes)
     common = dict(info=info, seed=seed, device=device, channels_last=channels_last, rank=rank, world_size=world_size)
     test_images, test_labels = load_split(name, 'test', root)
+    if test_subset is not None:  # a smaller, still class-balanced test set for cheap per-epoch evaluation
+        keep = stratified_first(test_labels, test_subset, info.num_classes)
+        test_images, test_labels = test_images[keep], test_labels[keep]
     return Loaders(train=TensorBatches(images[train_idx], labels[train_idx], batch_size=batch_size, train=True, **common),
                    val=TensorBatches(images[val_idx], labels[val_idx], batch_size=eval_batch_size, train=False, **common)
                        if val_size else None,

@@ -21,7 +21,7 @@ __all__ = ['DEFAULTS', 'RECIPES', 'RECIPE_SOURCES', 'GROWTH_PARAMS', 'COMMON_PAR
 
 # %% ../nbs/06_strategies.ipynb #405574c0
 DEFAULTS = {
-    'dataset': {'name': 'cifar10', 'root': 'data', 'subset': None, 'val_size': 0, 'batch_size': 128,
+    'dataset': {'name': 'cifar10', 'root': 'data', 'subset': None, 'val_size': 0, 'test_subset': None, 'batch_size': 128,
                 'eval_batch_size': 512, 'augment': True},
     'model': {'depth': 20, 'stage_depths': None, 'width': 16, 'shortcut': 'A'},
     'strategy': {'name': 'e2e'},
@@ -250,6 +250,7 @@ def _optional_dict(v, where):
 
 CHECKS = {
     'dataset': {'name': _dataset_name, 'root': lambda v, w: str(v), 'subset': _num(int, 1, optional=True),
+                'test_subset': _num(int, 1, optional=True),
                 'val_size': _num(int, 0), 'batch_size': _num(int, 1), 'eval_batch_size': _num(int, 1), 'augment': _bool},
     'model': {'depth': _num(int, 8), 'stage_depths': _int_list(optional=True), 'width': _num(int, 1),
               'shortcut': _choice('A', 'B')},

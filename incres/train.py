@@ -410,11 +410,13 @@ class Trainer:
         self.batch_size = ds['batch_size'] // self.world
         common = dict(seed=t['seed'], device=self.device, channels_last=t['channels_last'])
         loaders = data.make_loaders(ds['name'], ds['root'], batch_size=self.batch_size, eval_batch_size=ds['eval_batch_size'],
-                                    subset=ds['subset'], val_size=ds['val_size'], rank=self.rank, world_size=self.world, **common)
+                                    subset=ds['subset'], val_size=ds['val_size'], test_subset=ds['test_subset'],
+                                    rank=self.rank, world_size=self.world, **common)
         self.info, self.train_loader = loaders.info, loaders.train
         if self.world > 1 and self.main:  # rank 0 evaluates on the whole validation and test sets
             loaders = data.make_loaders(ds['name'], ds['root'], batch_size=self.batch_size,
-                                        eval_batch_size=ds['eval_batch_size'], subset=ds['subset'], val_size=ds['val_size'], **common)
+                                        eval_batch_size=ds['eval_batch_size'], subset=ds['subset'], val_size=ds['val_size'],
+                                        test_subset=ds['test_subset'], **common)
         self.eval_loaders = {'val': loaders.val, 'test': loaders.test}
         self.augmented = ds['augment'] and (self.info.crop_padding > 0 or self.info.flip)
         self.steps_per_epoch, self.n_train = len(self.train_loader), self.train_loader.num_total
