@@ -10,7 +10,9 @@ batches. Its FLOPs are counted once by `incres.compute.train_step_flops` (`torch
 convolutions and matrix products of forward and backward; BatchNorm, ReLU and the optimiser's element-wise work are
 not counted, as usual for MFU). Steps are timed in windows and the median window is used, so that a burst of load from
 another process does not pull the number down; the matmul peak is `incres.compute.matmul_flops_per_second` (best of
-repeated batches), the best over the sizes given, measured before and after the models. Prints a table, then as the
+repeated batches), the best over the sizes given, measured before and after the models. `--clock cpu` times CPU
+seconds of this process instead of wall seconds (for a machine shared with other jobs; use it with `--threads 1`,
+which then gives the utilisation of one core). Prints a table, then as the
 last line the MFU of ResNet-20 (or of the first depth given). Results also go to benchmarks/results/mfu.json.
 """
 import argparse
@@ -23,7 +25,7 @@ from incres.compute import Stopwatch, matmul_flops_per_second, train_step_flops
 from incres.resnet import resnet
 from incres.train import Network, TrainStep
 
-from _results import load_average, write_results
+from _common import CLOCK_HELP, CLOCKS, busy_warning, clock, load_average, write_results
 
 CIFAR_SHAPE, CIFAR_CLASSES = (3, 32, 32), 10
 
@@ -64,7 +66,8 @@ def time_steps(step, device: torch.device, seconds: float, min_windows: int, win
             'steps_timed': len(times) * window}
 
 
-def measure_model(depth: int, args, device: torch.device, peak: float) -> dict:
+def measure_model(depth: int, args, device: torch.device) -> dict:
+    "FLOPs counted for one training step of ResNet-`depth`, seconds per step, and the FLOP/s they make (MFU comes later)."
     step, module, batch = training_step(depth, args.batch_size, device)
     flops = train_step_flops(module, *batch)
     window = 1 if device.type == 'cpu' else 20  # per-step synchronisation would hide CUDA's launch overlap
@@ -72,8 +75,24 @@ def measure_model(depth: int, args, device: torch.device, peak: float) -> dict:
     achieved = flops / timing['step_seconds']
     return {'device': str(device), 'depth': depth, 'batch_size': args.batch_size, 'step_flops': flops,
             'flops_per_image': flops / args.batch_size, **timing,
-            'images_per_second': args.batch_size / timing['step_seconds'], 'achieved_flops_per_second': achieved,
-            'mfu': achieved / peak}
+            'images_per_second': args.batch_size / timing['step_seconds'], 'achieved_flops_per_second': achieved}
+
+
+def measure_device(device: torch.device, args, peaks: dict) -> list:
+    "Matmul peak, every model, the peak again (into `peaks[device]`): the rows of the table for `device`."
+    before = matmul_peak(device, args.matmul_sizes, args.matmul_seconds)
+    print(f'{device}: fp32 matmul ' + ', '.join(f'{n}²: {r / 1e9:.1f}' for n, r in before['by_size'].items())
+          + ' GFLOP/s', flush=True)
+    rows = [measure_model(d, args, device) for d in args.depths]
+    after = matmul_peak(device, args.matmul_sizes, args.matmul_seconds)  # the machine may have changed meanwhile
+    peak = max(before['best'], after['best'])
+    for r in rows: r['mfu'] = r['achieved_flops_per_second'] / peak
+    peaks[str(device)] = {'before': before, 'after': after, 'peak': peak}
+    print(f'{device}: fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (best of before {before["best"] / 1e9:.1f}, '
+          f'after {after["best"] / 1e9:.1f})', flush=True)
+    if device.type == 'cuda' and torch.backends.cudnn.allow_tf32:
+        print('note: cuDNN convolutions run in TF32 (torch default) while the peak is strict fp32 matmul')
+    return rows
 
 
 def print_table(rows: list):
@@ -98,29 +117,17 @@ def main(argv=None):
     p.add_argument('--matmul-sizes', type=int, nargs='+', default=[1024, 2048], help='n of the n×n fp32 matmuls timed for the peak')
     p.add_argument('--matmul-seconds', type=float, default=1.0, help='seconds of matmuls per size and measurement')
     p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument('--clock', choices=CLOCKS, default='wall', help=CLOCK_HELP + '; the matmul peak is timed with the same clock')
     args = p.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
     load_before = load_average()
     print(f'torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch_size}, '
-          f'load average {load_before} at start', flush=True)
+          f'load average {load_before} at start; {args.clock} clock', flush=True)
+    if busy_warning(args.clock): print(busy_warning(args.clock))
 
     rows, peaks = [], {}
-    for name in args.devices:
-        device = torch.device(name)
-        before = matmul_peak(device, args.matmul_sizes, args.matmul_seconds)
-        print(f'{name}: fp32 matmul ' + ', '.join(f'{n}²: {r / 1e9:.1f}' for n, r in before['by_size'].items())
-              + ' GFLOP/s', flush=True)
-        device_rows = [measure_model(d, args, device, before['best']) for d in args.depths]
-        after = matmul_peak(device, args.matmul_sizes, args.matmul_seconds)  # the machine may have changed meanwhile
-        peak = max(before['best'], after['best'])
-        for r in device_rows: r['mfu'] = r['achieved_flops_per_second'] / peak
-        peaks[name] = {'before': before, 'after': after, 'peak': peak}
-        rows += device_rows
-        print(f'{name}: fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (best of before {before["best"] / 1e9:.1f}, '
-              f'after {after["best"] / 1e9:.1f})', flush=True)
-        if device.type == 'cuda' and torch.backends.cudnn.allow_tf32:
-            print('note: cuDNN convolutions run in TF32 (torch default) while the peak is strict fp32 matmul')
-
+    with clock(args.clock):
+        for name in args.devices: rows += measure_device(torch.device(name), args, peaks)
     print_table(rows)
     print(f'load average at end: {load_average()}')
     key_depth = 20 if 20 in args.depths else args.depths[0]

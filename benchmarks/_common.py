@@ -1,14 +1,20 @@
-"""What every benchmark records next to its numbers: the machine, the software, the time and the command, so that a
-result file can be read (and doubted) without knowing where it came from. Imported by the scripts in this folder."""
+"""Shared by the scripts in this folder: what every benchmark records next to its numbers (the machine, the software,
+the time and the command, so that a result file can be read, and doubted, without knowing where it came from), and
+the choice of clock."""
+import contextlib
 import datetime
 import json
 import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+
+import incres.compute
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 
@@ -50,3 +56,33 @@ def write_results(name: str, results: dict) -> Path:
     tmp.write_text(json.dumps({'machine': machine_info(), **results}, indent=2) + '\n')
     os.replace(tmp, path)  # a reader never sees half a file, and a crash leaves the previous result intact
     return path
+
+
+CLOCKS = ('wall', 'cpu')
+CLOCK_HELP = ("'wall': elapsed seconds (what a user waits); 'cpu': CPU seconds of this process (time.process_time), "
+              "much less disturbed by other jobs on a shared machine, meaningful with --threads 1 (with more threads it "
+              "also counts threads waiting for each other)")
+
+
+@contextlib.contextmanager
+def clock(kind: str):
+    "Make incres.compute's timers (`Stopwatch`, `matmul_flops_per_second`) read `kind` seconds inside the block."
+    if kind not in CLOCKS: raise ValueError(f'clock must be one of {CLOCKS}, got {kind!r}')
+    if kind == 'wall': yield; return
+    original = incres.compute.time  # the module reads time.perf_counter() at call time, so swapping its `time` suffices
+    incres.compute.time = SimpleNamespace(perf_counter=time.process_time)
+    try: yield
+    finally: incres.compute.time = original
+
+
+def now() -> float:
+    "The current reading of the clock `clock` selected (wall by default)."
+    return incres.compute.time.perf_counter()
+
+
+def busy_warning(clock_kind: str) -> str:
+    "A warning when other work keeps the CPUs busy (1-minute load average at least half the cores), else ''."
+    load, cores = load_average(), os.cpu_count() or 1
+    if load is None or load[0] < cores / 2: return ''
+    return (f'warning: load average {load[0]} on {cores} cores: other jobs are probably running, so timings are '
+            f'noisy' + (' and inflated (try --threads 1 --clock cpu)' if clock_kind == 'wall' else ''))
