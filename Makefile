@@ -49,8 +49,14 @@ test-slow: $(STAMP)
 
 ## The main job: prepare the datasets if missing (offline sources, else the torchvision download), then run
 ## the DVC pipeline (dvc.yaml; profile in params.yaml) and point at the HTML report.
+# Offline CIFAR-10 source when torchvision's download is unreachable: override with
+# `make repro CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz`; by default the JPEG copy beside this checkout
+# (../shared/datasets, the location incres looks at itself) or on the development machines (/work/shared/datasets).
+CIFAR10_SOURCE ?= $(firstword $(wildcard ../shared/datasets/cifar10-jpg.tar.gz /work/shared/datasets/cifar10-jpg.tar.gz))
+
 data: $(STAMP) system
-	$(BIN)/incres data prepare --all --if-missing
+	$(BIN)/incres data prepare fashion_mnist --if-missing
+	$(BIN)/incres data prepare cifar10 --if-missing $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
 	$(BIN)/dvc commit -q -f data.dvc
 
 repro: $(STAMP) data
