@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .train import atomic_write
+
 # %% auto #0
 __all__ = ['FIGURE_ORDER', 'render_notebook', 'write_report', 'find_chromium', 'check_in_browser']
 
@@ -32,10 +34,8 @@ def render_notebook(notebook, html_path) -> Path:
     "Render an executed notebook to a standalone HTML file (figures embedded), atomically."
     from nbconvert import HTMLExporter
     body, _ = HTMLExporter(template_name='lab').from_filename(str(notebook))
-    html_path = Path(html_path); html_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = html_path.with_name(f'.{html_path.name}.tmp')
-    tmp.write_text(body); os.replace(tmp, html_path)
-    return html_path
+    atomic_write(html_path, body)
+    return Path(html_path)
 
 def _section(name: str, folder: Path, out_dir: Path) -> str:
     "One dataset's part of the index: its ratio table, figures with captions, and a link to the rendered notebook."
@@ -85,7 +85,7 @@ table{{border-collapse:collapse;font-size:.85em}} td,th{{padding:.2em .6em;borde
 </body></html>
 """
     index = out_dir/'index.html'
-    tmp = index.with_name('.index.html.tmp'); tmp.write_text(page); os.replace(tmp, index)
+    atomic_write(index, page)
     return index
 
 # %% ../nbs/22_report.ipynb #c885dbff
