@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # pip's local mirrors print one warning per missing index entry; keep the log readable.
 QUIET_PIP := grep -v '^WARNING: Location' || true
 
-.PHONY: system venv test test-notebooks test-python check-sync test-slow repro data export clean-nbs
+.PHONY: system venv test test-notebooks test-python check-sync test-slow repro data bench export clean-nbs
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ data: $(STAMP) system
 repro: $(STAMP) data
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 	@echo "Report: reports/html/index.html (figures and tables in reports/<dataset>/; metrics: .venv/bin/dvc metrics show)"
+
+## The performance benchmarks (benchmarks/README.md), each writing benchmarks/results/<name>.json; about 1 hour on
+## 2 CPU cores, almost all of it compute_to_accuracy (21 ResNet-20 runs). Run on an otherwise idle machine, then
+## `make repro` re-renders reports/performance from the new results.
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/mfu.py
+	$(BIN)/python benchmarks/compute_to_accuracy.py
 
 ## Developer helpers.
 export: $(STAMP)

@@ -48,10 +48,11 @@ def machine_info() -> dict:
     return info
 
 
-def write_results(name: str, results: dict) -> Path:
-    "Write `results` plus `machine_info()` to benchmarks/results/<name>.json atomically (temp file, then os.replace)."
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f'{name}.json'
+def write_results(name: str, results: dict, results_dir: Path = RESULTS_DIR) -> Path:
+    "Write `results` plus `machine_info()` to <results_dir>/<name>.json atomically (temp file, then os.replace)."
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f'{name}.json'
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     tmp.write_text(json.dumps({'machine': machine_info(), **results}, indent=2) + '\n')
     os.replace(tmp, path)  # a reader never sees half a file, and a crash leaves the previous result intact

@@ -28,6 +28,7 @@ from incres.train import Network, TrainStep
 from _common import CLOCK_HELP, CLOCKS, busy_warning, clock, load_average, write_results
 
 CIFAR_SHAPE, CIFAR_CLASSES = (3, 32, 32), 10
+MEMORY_FORMATS = {'channels_last': torch.channels_last, 'contiguous': torch.contiguous_format}
 
 
 def matmul_peak(device: torch.device, sizes: list, seconds: float) -> dict:
@@ -36,13 +37,13 @@ def matmul_peak(device: torch.device, sizes: list, seconds: float) -> dict:
     return {'by_size': rates, 'best': max(rates.values())}
 
 
-def training_step(depth: int, batch_size: int, device: torch.device):
+def training_step(depth: int, batch_size: int, device: torch.device, memory_format=torch.channels_last):
     "The trainer's end-to-end step for ResNet-`depth` on one fixed random batch: (step function, module, batch)."
     torch.manual_seed(0)
-    network = Network(resnet(depth, num_classes=CIFAR_CLASSES)).to(device, memory_format=torch.channels_last).train()
+    network = Network(resnet(depth, num_classes=CIFAR_CLASSES)).to(device, memory_format=memory_format).train()
     module = TrainStep(network)
     opt = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    x = torch.randn(batch_size, *CIFAR_SHAPE, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, *CIFAR_SHAPE, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, CIFAR_CLASSES, (batch_size,), device=device)
 
     def step():
@@ -68,7 +69,7 @@ def time_steps(step, device: torch.device, seconds: float, min_windows: int, win
 
 def measure_model(depth: int, args, device: torch.device) -> dict:
     "FLOPs counted for one training step of ResNet-`depth`, seconds per step, and the FLOP/s they make (MFU comes later)."
-    step, module, batch = training_step(depth, args.batch_size, device)
+    step, module, batch = training_step(depth, args.batch_size, device, MEMORY_FORMATS[args.memory_format])
     flops = train_step_flops(module, *batch)
     window = 1 if device.type == 'cpu' else 20  # per-step synchronisation would hide CUDA's launch overlap
     timing = time_steps(step, device, args.seconds, args.min_steps, window)
@@ -116,6 +117,9 @@ def main(argv=None):
                    help='devices to measure')
     p.add_argument('--matmul-sizes', type=int, nargs='+', default=[1024, 2048], help='n of the n×n fp32 matmuls timed for the peak')
     p.add_argument('--matmul-seconds', type=float, default=1.0, help='seconds of matmuls per size and measurement')
+    p.add_argument('--memory-format', choices=sorted(MEMORY_FORMATS), default='channels_last',
+                   help="the trainer's channels_last (train.channels_last, default) or torch's default layout; "
+                        "'contiguous' writes results/mfu-contiguous.json")
     p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument('--clock', choices=CLOCKS, default='wall', help=CLOCK_HELP + '; the matmul peak is timed with the same clock')
     args = p.parse_args(argv)
@@ -132,7 +136,8 @@ def main(argv=None):
     print(f'load average at end: {load_average()}')
     key_depth = 20 if 20 in args.depths else args.depths[0]
     key = next(r for r in reversed(rows) if r['depth'] == key_depth)  # the last device measured: CUDA when there is one
-    path = write_results('mfu', {'settings': vars(args), 'load_average_at_start': load_before,
+    name = 'mfu' if args.memory_format == 'channels_last' else f'mfu-{args.memory_format}'
+    path = write_results(name, {'settings': vars(args), 'load_average_at_start': load_before,
                                  'matmul_flops_per_second': peaks, 'models': rows,
                                  'key': {'depth': key_depth, 'device': key['device'], 'mfu': key['mfu']}})
     print(f'results written to {path}')
