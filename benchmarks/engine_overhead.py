@@ -1,7 +1,7 @@
 """No engine overhead: images/second of the incres training loop (`incres.train.Trainer`) against a bare PyTorch loop
 on the same model, batch size and in-memory data, measured in one process, alternating bare and incres runs.
 
-    .venv/bin/python benchmarks/engine_overhead.py                        # ResNet-20, batch 128, 3 rounds of 25 steps
+    .venv/bin/python benchmarks/engine_overhead.py                        # ResNet-20, batch 128, 6 rounds of 25 steps
     .venv/bin/python benchmarks/engine_overhead.py --steps 20 --rounds 2 --threads 1
 
 Both loops get their batches from `incres.data.TensorBatches` (random crop, flip and normalisation on the same images
@@ -146,7 +146,7 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=25,
                    help='training steps per measurement (25 × 128 images: ~11 s per loop, ~25 s per round, for ResNet-20 '
                         'at ~300 images/s on the 2-core development machine)')
-    p.add_argument('--rounds', type=int, default=3, help='rounds of (bare, incres) measurements; medians are compared')
+    p.add_argument('--rounds', type=int, default=6, help='rounds of (bare, incres) measurements; medians are compared')
     p.add_argument('--dataset', choices=('cifar10', 'synthetic'), default=None,
                    help='training images (default: cifar10 if prepared under --root, else synthetic)')
     p.add_argument('--root', default='data', help='prepared datasets')
