@@ -10,11 +10,10 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-import incres.compute
+from incres.io import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 
@@ -49,14 +48,10 @@ def machine_info() -> dict:
 
 
 def write_results(name: str, results: dict, results_dir: Path = RESULTS_DIR) -> Path:
-    "Write `results` plus `machine_info()` to <results_dir>/<name>.json atomically (temp file, then os.replace)."
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f'{name}.json'
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps({'machine': machine_info(), **results}, indent=2) + '\n')
-    os.replace(tmp, path)  # a reader never sees half a file, and a crash leaves the previous result intact
-    return path
+    "Write `results` plus `machine_info()` to <results_dir>/<name>.json atomically (`incres.io.atomic_write`)."
+    # a reader never sees half a file, and a crash leaves the previous result intact
+    text = json.dumps({'machine': machine_info(), **results}, indent=2) + '\n'
+    return atomic_write(Path(results_dir) / f'{name}.json', text)
 
 
 CLOCKS = ('wall', 'cpu')
@@ -65,20 +60,22 @@ CLOCK_HELP = ("'wall': elapsed seconds (what a user waits); 'cpu': CPU seconds o
               "also counts threads waiting for each other)")
 
 
+_clock = time.perf_counter  # the clock `clock` selected; every timer here is given `now`
+
+
 @contextlib.contextmanager
 def clock(kind: str):
-    "Make incres.compute's timers (`Stopwatch`, `matmul_flops_per_second`) read `kind` seconds inside the block."
+    "Inside the block `now` reads `kind` seconds; benchmarks pass `clock=now` to incres's timers and trainer."
+    global _clock
     if kind not in CLOCKS: raise ValueError(f'clock must be one of {CLOCKS}, got {kind!r}')
-    if kind == 'wall': yield; return
-    original = incres.compute.time  # the module reads time.perf_counter() at call time, so swapping its `time` suffices
-    incres.compute.time = SimpleNamespace(perf_counter=time.process_time)
+    previous, _clock = _clock, (time.perf_counter if kind == 'wall' else time.process_time)
     try: yield
-    finally: incres.compute.time = original
+    finally: _clock = previous
 
 
 def now() -> float:
     "The current reading of the clock `clock` selected (wall by default)."
-    return incres.compute.time.perf_counter()
+    return _clock()
 
 
 def busy_warning(clock_kind: str) -> str:

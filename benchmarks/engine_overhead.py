@@ -15,7 +15,6 @@ shared with other jobs; use it with `--threads 1`). Prints a table, then as the 
 incres / bare; the target is at least 0.95. Results also go to benchmarks/results/engine_overhead.json.
 """
 import argparse
-import functools
 import math
 import statistics
 import tempfile
@@ -23,35 +22,24 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-import incres.train
-from incres.compute import Stopwatch
+from incres.compute import Stopwatch, train_step_flops
 from incres.data import DATASETS, is_prepared, make_loaders
 from incres.resnet import resnet
+from incres.train import Trainer
 
 from _common import CLOCK_HELP, CLOCKS, busy_warning, clock, load_average, now, write_results
 
 TARGET = 0.95
 
 
-class TrainerWithoutEvaluation(incres.train.Trainer):
-    "The incres trainer, except that it skips the final evaluation: outside `train_seconds`, it would only add wall time."
-    def _eval_row(self, epoch: int) -> dict: return {}
+class TimedFlopCounter:
+    "A `flop_counter` for `incres.train.Trainer` that adds up the seconds `train_step_flops` takes."
+    def __init__(self): self.seconds, self.calls = 0.0, 0
 
-
-class FlopCountTimer:
-    "Wraps `incres.train.train_step_flops` (looked up at call time by the trainer) to add up the seconds it takes."
-    def __init__(self): self.seconds, self.calls, self._original = 0.0, 0, incres.train.train_step_flops
-
-    def __enter__(self):
-        @functools.wraps(self._original)
-        def timed(*args, **kwargs):
-            start = now()
-            try: return self._original(*args, **kwargs)
-            finally: self.seconds += now() - start; self.calls += 1
-        incres.train.train_step_flops = timed
-        return self
-
-    def __exit__(self, *exc): incres.train.train_step_flops = self._original
+    def __call__(self, *args, **kwargs) -> int:
+        start = now()
+        try: return train_step_flops(*args, **kwargs)
+        finally: self.seconds += now() - start; self.calls += 1
 
 
 def measurement_plan(dataset: str, batch_size: int, steps: int) -> dict:
@@ -79,7 +67,7 @@ def bare_loop(loader, epochs: int, depth: int, device: torch.device) -> dict:
     net = resnet(depth, num_classes=loader.info.num_classes, in_channels=loader.info.channels)
     net = net.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    watch, steps = Stopwatch(device), 0
+    watch, steps = Stopwatch(device, clock=now), 0
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         batches = iter(loader)
@@ -102,9 +90,10 @@ def _chain(first, rest):
 
 def incres_loop(config: dict) -> dict:
     "One `Trainer.fit()` in a throw-away directory; the trainer's own timing plus what it leaves out."
-    with tempfile.TemporaryDirectory(prefix='incres-overhead-') as out, FlopCountTimer() as flops:
-        start = now()
-        m = TrainerWithoutEvaluation(config, out).fit()
+    flops = TimedFlopCounter()
+    with tempfile.TemporaryDirectory(prefix='incres-overhead-') as out:
+        start = now()  # evaluation is off: outside `train_seconds`, it would only add wall time
+        m = Trainer(config, out, evaluation=False, flop_counter=flops, clock=now).fit()
         total = now() - start
     images = m['steps'] * config['dataset']['batch_size']
     return {'steps': m['steps'], 'images': images, 'train_seconds': m['train_seconds'],

@@ -23,9 +23,9 @@ import torch
 
 from incres.compute import Stopwatch, matmul_flops_per_second, train_step_flops
 from incres.resnet import resnet
-from incres.train import Network, TrainStep
+from incres.network import Network, TrainStep
 
-from _common import CLOCK_HELP, CLOCKS, busy_warning, clock, load_average, write_results
+from _common import CLOCK_HELP, CLOCKS, busy_warning, clock, load_average, now, write_results
 
 CIFAR_SHAPE, CIFAR_CLASSES = (3, 32, 32), 10
 MEMORY_FORMATS = {'channels_last': torch.channels_last, 'contiguous': torch.contiguous_format}
@@ -33,7 +33,7 @@ MEMORY_FORMATS = {'channels_last': torch.channels_last, 'contiguous': torch.cont
 
 def matmul_peak(device: torch.device, sizes: list, seconds: float) -> dict:
     "Dense fp32 n×n matmul FLOP/s per size; the best of them is the peak MFU is measured against."
-    rates = {n: matmul_flops_per_second(device, n, torch.float32, seconds) for n in sizes}
+    rates = {n: matmul_flops_per_second(device, n, torch.float32, seconds, clock=now) for n in sizes}
     return {'by_size': rates, 'best': max(rates.values())}
 
 
@@ -59,7 +59,7 @@ def time_steps(step, device: torch.device, seconds: float, min_windows: int, win
     for _ in range(2): step()  # warm-up: kernel selection, optimiser state, allocator
     times, start = [], time.perf_counter()
     while len(times) < min_windows or time.perf_counter() - start < seconds:
-        watch = Stopwatch(device)
+        watch = Stopwatch(device, clock=now)
         with watch.time():
             for _ in range(window): step()
         times.append(watch.seconds / window)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -25,11 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/09_cli.ipynb #961825fd
-def main(argv=None) -> int:
-    "Run the `incres` command line; returns the exit status."
+def _one_line(e: BaseException) -> str:
+    return '; '.join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+
+def _run(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f'incres: error: {e}', file=sys.stderr)
+    except BrokenPipeError: raise  # an OSError, but not a failure: `main` handles it
+    except (ValueError, OSError) as e:  # OSError: FileNotFoundError, incres.io.WriteError, ...
+        print(f'incres: error: {_one_line(e)}', file=sys.stderr)
         return 2
+
+# %% ../nbs/09_cli.ipynb #1098d227
+def _stdout_to_devnull():
+    "Point stdout at os.devnull, so the interpreter's last flush does not meet the closed pipe again."
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try: os.dup2(devnull, sys.stdout.fileno()); os.close(devnull)
+    except (AttributeError, OSError, ValueError): sys.stdout = os.fdopen(devnull, 'w')  # stdout has no file descriptor
+
+def main(argv=None) -> int:
+    "Run the `incres` command line; returns the exit status."
+    try:
+        try: return _run(argv)
+        finally: sys.stdout.flush()  # here, not at exit, a closed pipe can still be caught
+    except BrokenPipeError:  # the reader went away: `incres data info cifar10 | head -1`
+        _stdout_to_devnull()
+        return 1

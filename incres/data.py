@@ -5,6 +5,7 @@
 # %% ../nbs/03_data.ipynb #fe77e5c0
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import importlib.util
@@ -29,14 +30,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .io import WriteError, write_error
+
 # %% auto #0
 __all__ = ['CIFAR10_CLASSES', 'FASHION_MNIST_CLASSES', 'DATASETS', 'PREPARABLE', 'CIFAR10_BATCHES', 'IMAGE_SUFFIXES', 'SPLITS',
            'IDX_FILES', 'FASHION_MNIST_IDX_MD5', 'OFFICIAL_LOCATIONS', 'COPY_LOCATIONS', 'DOWNLOAD_TIMEOUT',
            'SPLIT_FILES', 'DatasetInfo', 'get_info', 'Source', 'DataError', 'read_tar', 'read_cifar10_python',
            'read_image_folder', 'parse_idx', 'find_idx_files', 'read_fashion_mnist_idx', 'cache_dir',
            'download_allowed', 'fetch_official', 'read_path', 'read_source', 'check_source', 'prepare', 'dataset_dir',
-           'is_prepared', 'load_split', 'provenance', 'verify', 'TensorBatches', 'class_quota', 'stratified_first',
-           'split_validation', 'Loaders', 'make_loaders', 'describe', 'add_cli']
+           'is_prepared', 'load_split', 'provenance', 'verify', 'derive_seed', 'TensorBatches', 'class_quota',
+           'stratified_first', 'split_validation', 'Loaders', 'make_loaders', 'describe', 'add_cli']
 
 # %% ../nbs/03_data.ipynb #a0e4f1f7
 @dataclass(frozen=True)
@@ -436,13 +439,31 @@ def _write_dataset(root: Path, name: str, files: dict) -> Path:
         for fname, data in files.items(): (tmp/fname).write_bytes(data)
         if final.exists(): os.rename(final, old)
         os.rename(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not final.exists(): os.rename(old, final)
         if created_root and not any(root.iterdir()): root.rmdir()
+        if isinstance(e, OSError) and not isinstance(e, WriteError): raise write_error(final, e) from e
         raise
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+# %% ../nbs/03_data.ipynb #3570971a
+def _check_root(root) -> Path:
+    "`root` as a Path, or a `WriteError` naming the fix if prepared data cannot go there; creates nothing."
+    root, where = Path(root), f'cannot write prepared data to {root}'
+    folder = root
+    while not folder.exists() and folder != folder.parent: folder = folder.parent  # the nearest existing folder
+    if not folder.is_dir():
+        what = 'it is' if folder == root else f'{folder} is'
+        raise WriteError(errno.ENOTDIR, f'{where}: {what} a file, not a folder: pass a folder as --root')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        folder = folder.absolute()
+        if hasattr(os, 'statvfs') and os.statvfs(folder).f_flag & os.ST_RDONLY:
+            raise WriteError(errno.EROFS, f'{where}: {folder} is on a read-only file system: pass another --root')
+        raise WriteError(errno.EACCES, f'{where}: {folder} is not writable (permission denied): '
+                                       'pass another --root, or fix the permissions')
+    return root
 
 # %% ../nbs/03_data.ipynb #d96a9c10
 def prepare(name: str, source=None, root='data', download=None, expected_sizes=None, progress: bool = True) -> Path:
@@ -451,6 +472,7 @@ def prepare(name: str, source=None, root='data', download=None, expected_sizes=N
     `source`: a file or folder to read (else the best one found, see `read_source`); `download`: allow torchvision's
     download (default: unless `$INCRES_OFFLINE`); `expected_sizes`: (train, test) image counts, the official ones by default."""
     info = get_info(name)
+    if name in PREPARABLE: _check_root(root)
     src = read_source(name, source, download, progress)
     splits = check_source(src, info, expected_sizes)
     files = {f'{split}_{what}.npy': _npy_bytes(splits[split][i]) for split in ('train', 'test')
@@ -493,7 +515,9 @@ def provenance(name: str, root='data') -> dict:
     "The recorded provenance of prepared dataset `name`."
     f = dataset_dir(name, root)/'provenance.json'
     if not f.is_file(): raise FileNotFoundError(f'{f} does not exist: run `incres data prepare {name}`')
-    return json.loads(f.read_text())
+    try: return json.loads(f.read_text())
+    except ValueError as e:
+        raise DataError(f'{f} is not valid JSON ({e}): run `incres data prepare {name}` again') from None
 
 def verify(name: str, root='data') -> dict:
     "{array file: True if its sha256 matches provenance.json}."
@@ -501,11 +525,13 @@ def verify(name: str, root='data') -> dict:
     return {f: (d/f).is_file() and _sha256((d/f).read_bytes()) == h
             for s in prov['splits'].values() for f, h in s['sha256'].items()}
 
-# %% ../nbs/03_data.ipynb #0e97852d
-def _seed(*keys: int) -> int:
-    if min(keys) < 0: raise ValueError(f'seed, epoch and rank must be non-negative, got {keys}')
+# %% ../nbs/03_data.ipynb #912d7763
+def derive_seed(*keys: int) -> int:
+    "A 32-bit seed derived from non-negative integer `keys` (seed, epoch, rank, ...) by numpy's `SeedSequence`."
+    if not keys or min(keys) < 0: raise ValueError(f'seed, epoch and rank must be non-negative, got {keys}')
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
+# %% ../nbs/03_data.ipynb #0e97852d
 class TensorBatches:
     "Seeded, sharded, augmented batches of `(float32 normalised images, int64 labels)` from tensors in memory."
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo, batch_size: int, train: bool,
@@ -519,7 +545,7 @@ class TensorBatches:
         if train and len(images) // world_size < batch_size:
             raise ValueError(f'{len(images)} images over {world_size} rank(s) make no full batch of {batch_size}: '
                              'lower batch_size or use more data')
-        _seed(seed)
+        derive_seed(seed)
         self.info, self.batch_size, self.train, self.seed = info, batch_size, train, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
         self.device, self.epoch, self.num_total = torch.device(device), 0, len(images)
@@ -536,7 +562,7 @@ class TensorBatches:
 
     def set_epoch(self, epoch: int):
         "Select the epoch whose shuffling and augmentation the next iteration uses (like DistributedSampler's)."
-        _seed(epoch); self.epoch = epoch
+        derive_seed(epoch); self.epoch = epoch
 
     @property
     def shard_size(self) -> int:
@@ -556,9 +582,10 @@ class TensorBatches:
         if not self.train:
             idx = torch.arange(self.num_total).tensor_split(self.world_size)[self.rank]
             return idx, torch.zeros(len(idx), 2, dtype=torch.long), torch.zeros(len(idx), dtype=torch.bool)
-        order = torch.randperm(self.num_total, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_total, generator=g)
         idx = order[:self.shard_size * self.world_size][self.rank::self.world_size][:self.num_samples]
-        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank, 1))
         offsets = torch.randint(0, 2 * self.padding + 1, (len(idx), 2), generator=g)
         flips = torch.rand(len(idx), generator=g) < 0.5
         return idx, offsets, flips & self.info.flip

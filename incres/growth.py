@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import BasicBlock, ChannelMapShortcut, PlainLayer, ProjectionShortcut, ResNet
+from .resnet import BasicBlock, ChannelMapShortcut, PlainLayer, ProjectionShortcut, ResNet, init_weights
 
 # %% auto #0
-__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'DILS_RIDGE', 'DILS_STEPS', 'GrowthInit', 'function_gap', 'grow_depth',
-           'widen']
+__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'GrowthInit', 'function_gap',
+           'insertion_points', 'grow_depth', 'widen']
 
 # %% ../nbs/01_growth.ipynb #04e47a93
 PRESERVES = ('exact', 'approx', 'no')
@@ -47,17 +47,9 @@ def _register(registry: dict, operator_name: str, name: str, source: str, preser
     return decorate
 
 # %% ../nbs/01_growth.ipynb #a573b419
-def _he_init(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
-    "`init_weights` (He et al.: Kaiming-normal fan-out convolutions, BN γ=1 β=0), drawing from `generator`."
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu', generator=generator)
-        elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear): nn.init.kaiming_normal_(m.weight, generator=generator); nn.init.zeros_(m.bias)
-    return module
-
 def _fresh(module: nn.Module, generator, like: torch.Tensor) -> nn.Module:
     "He-initialise `module` on the CPU, then move it to `like`'s device and dtype."
-    return _he_init(module, generator).to(like.device, like.dtype)
+    return init_weights(module, generator).to(like.device, like.dtype)
 
 def _as_generator(generator) -> torch.Generator | None:
     "None (global RNG), a CPU `torch.Generator`, or an int seed."
@@ -69,6 +61,11 @@ def _as_generator(generator) -> torch.Generator | None:
     except TypeError: raise ValueError(f"generator must be None, an int seed or a CPU torch.Generator, got {generator!r}") from None
 
 # %% ../nbs/01_growth.ipynb #0c88d7bd
+MODES = ('eval', 'train')
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
 def _logits(model: nn.Module, x: torch.Tensor, train: bool) -> torch.Tensor:
     "model(x) in train or eval mode, moving neither the model's running statistics nor its mode flags."
     modes = {m: m.training for m in model.modules()}
@@ -79,10 +76,16 @@ def _logits(model: nn.Module, x: torch.Tensor, train: bool) -> torch.Tensor:
     finally:
         for m, mode in modes.items(): m.training = mode
 
-def function_gap(reference: nn.Module, model: nn.Module, x: torch.Tensor, train: bool = False) -> float:
-    "max |model(x) − reference(x)| / max |reference(x)|, in eval (or train) mode; both models stay untouched."
-    ref, out = _logits(reference, x, train).double(), _logits(model, x, train).double()
-    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+def function_gap(before: nn.Module, after: nn.Module, x: torch.Tensor, mode: str = 'eval',
+                 relative: bool = False) -> float:
+    """max |after(x) − before(x)| over the logits, in `mode` ('eval': running statistics, 'train': batch statistics);
+    with `relative`, divided by max |before(x)|. Both models stay untouched, running statistics and mode flags."""
+    _check_mode(mode)
+    ref, out = _logits(before, x, mode == 'train').double(), _logits(after, x, mode == 'train').double()
+    if ref.shape != out.shape:
+        raise ValueError(f"the models' outputs differ in shape: {tuple(ref.shape)} vs {tuple(out.shape)}")
+    gap = (out - ref).abs().max()
+    return (gap / ref.abs().max().clamp_min(1e-30) if relative else gap).item()
 
 # %% ../nbs/01_growth.ipynb #d04ce67f
 def _check_model(model) -> None:
@@ -97,17 +100,22 @@ def _check_stage(model: ResNet, stage) -> int:
         raise ValueError(f"stage must be one of {list(range(n))} (the model has {n} stages)")
     return stage
 
+def insertion_points(model: ResNet) -> list[tuple[int, int]]:
+    "Every `(stage, index)` where `grow_depth` can insert a block: any position of stage 0, 1..n of a later stage."
+    _check_model(model)
+    return [(s, i) for s, blocks in enumerate(model.stages) for i in range(0 if s == 0 else 1, len(blocks) + 1)]
+
 def _check_position(model: ResNet, stage, index) -> tuple[int, int]:
-    "Validate (stage, index); `index=None` means the end of the stage."
+    "Validate (stage, index) against `insertion_points`; `index=None` means the end of the stage."
     stage = _check_stage(model, stage)
-    n, first = len(model.stages[stage]), 0 if stage == 0 else 1
-    if index is None: return stage, n
+    valid = [i for s, i in insertion_points(model) if s == stage]
+    if index is None: return stage, valid[-1]
     try: index = operator.index(index)
     except TypeError: index = None
-    if index is None or not first <= index <= n:
-        why = ' (position 0 of a later stage is the downsampling block; a block before it cannot preserve the function)' if stage else ''
-        raise ValueError(f"index for stage {stage} must be one of {list(range(first, n + 1))} or None for the end, "
-                         f"got {index!r}{why}")
+    if index not in valid:
+        why = (' (position 0 of a later stage is the downsampling block; '
+               'a block before it cannot preserve the function)' if valid[0] else '')
+        raise ValueError(f"index for stage {stage} must be one of {valid} or None for the end, got {index!r}{why}")
     return stage, index
 
 def _check_init(registry: dict, init: str) -> GrowthInit:

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from .strategies import merge
-from .train import atomic_write
+from .io import atomic_write
 
 # %% auto #0
 __all__ = ['SMOKE_PARAMS', 'HEADLINE', 'check_params', 'load_params', 'experiment_runs', 'run_experiment', 'load_runs',

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .train import atomic_write
+from .io import atomic_write
 
 # %% auto #0
 __all__ = ['FIGURE_ORDER', 'render_notebook', 'write_report', 'find_chromium', 'check_in_browser']

@@ -106,12 +106,14 @@ class PlainLayer(nn.Module):
     def forward(self, x): return F.relu(self.bn(self.conv(x)))
 
 # %% ../nbs/00_resnet.ipynb #6543939f
-def init_weights(module: nn.Module) -> None:
-    "He et al.'s initialisation: Kaiming-normal convolutions, BatchNorm γ=1 and β=0."
+def init_weights(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    "He et al.'s initialisation: Kaiming-normal convolutions, BatchNorm γ=1 and β=0; draws from `generator` if given."
     for m in module.modules():
-        if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu', generator=generator)
         elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear): nn.init.kaiming_normal_(m.weight); nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear): nn.init.kaiming_normal_(m.weight, generator=generator); nn.init.zeros_(m.bias)
+    return module
 
 # %% ../nbs/00_resnet.ipynb #b56fdea8
 class ResNet(nn.Module):

@@ -122,14 +122,14 @@ def _growth_phases(cfg, p):
         grow = list(p['grow_epochs'])
         if len(grow) != n_growths:
             raise ValueError(f"strategy.grow_epochs lists {len(grow)} epochs but going from {start} to {final} blocks "
-                             f"{bpg} at a time takes {n_growths} growths")
+                             f"{bpg} at a time takes {n_growths} growth{'s' if n_growths != 1 else ''}")
     else:
         if not 0 < p['grow_by'] <= 1: raise ValueError(f"strategy.grow_by must be in (0, 1], got {p['grow_by']}")
         grow = [max(1, round(p['grow_by'] * epochs * g / n_growths)) for g in range(1, n_growths + 1)]
     bounds = [0] + grow + [epochs]
     if any(not isinstance(e, int) for e in grow) or any(b >= c for b, c in zip(bounds, bounds[1:])):
         raise ValueError(f"growth epochs {grow} must be increasing integers strictly between 0 and train.epochs={epochs} "
-                         f"(every phase needs at least one epoch); {n_growths} growths need train.epochs >= {n_growths + 1}")
+                         f"(every phase needs at least one epoch); {n_growths} growth{'s' if n_growths != 1 else ''} need train.epochs >= {n_growths + 1}")
     phases = [_phase(epochs=grow[0], stage_depths=depths[0], widths=start_widths)]
     for g in range(1, n_growths + 1):
         phases.append(_phase(epochs=bounds[g + 1] - bounds[g], stage_depths=depths[g], widths=final_widths,
@@ -384,13 +384,30 @@ def _check_aux(aux):
             'ensemble_base': _num(float, 1)(aux['ensemble_base'], 'strategy.aux.ensemble_base')}
 
 # %% ../nbs/06_strategies.ipynb #1d0e632e
+def _yaml_problem(e: yaml.YAMLError, text: str, lines: bool = True) -> str:
+    "What yaml found wrong in `text`, and where (1-based line and column; the column only if not `lines`), in one line."
+    at = lambda m: f'line {m.line + 1}, column {m.column + 1}' if lines else f'column {m.column + 1}'
+    mark, context_mark = getattr(e, 'problem_mark', None), getattr(e, 'context_mark', None)
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text[:e.position].count('\n') + 1
+        return f"{e.reason} (character #x{e.character:04x}) at {f'line {line}' if lines else f'offset {e.position}'}"
+    if mark is None: return ' '.join(str(e).split())
+    out = f"{' '.join(str(e.problem).split())} at {at(mark)}"
+    if e.context and context_mark is not None: out += f" ({e.context} that starts at {at(context_mark)})"
+    elif e.context: out += f" ({e.context})"
+    return out
+
 def parse_override(text: str) -> tuple[list, object]:
     "`'optim.lr=0.05'` → `(['optim', 'lr'], 0.05)`; the value is read as YAML (`[1,1,1]`, `true`, `null`, …)."
     if '=' not in text: raise ValueError(f"an override must look like section.key=value, got {text!r}")
     key, value = text.split('=', 1)
     path = key.strip().split('.')
     if not all(path): raise ValueError(f"an override must look like section.key=value, got {text!r}")
-    return path, yaml.safe_load(value) if value.strip() else None
+    try: return path, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        problem = _yaml_problem(e, value, lines='\n' in value.strip())
+        raise ValueError(f"--set {text}: the value is not valid YAML: {problem}; "
+                         "fix it, or quote it (values are read as YAML: 0.1, [1, 2], true, null, 'text')") from None
 
 def apply_overrides(config: dict, overrides=()) -> dict:
     "Copy of `config` with each `section.key=value` override set."
@@ -404,12 +421,30 @@ def apply_overrides(config: dict, overrides=()) -> dict:
         node[path[-1]] = value
     return config
 
+def _read_config(path: Path) -> dict:
+    "The mapping in YAML file `path` ({} if it is empty); a one-line ValueError naming the file and the fix if not."
+    if path.is_dir(): raise ValueError(f"config {path} is a folder, not a file: pass the YAML file to use")
+    if not path.exists(): raise FileNotFoundError(f"config file not found: {path}: check the path")
+    try: raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror or e}: "
+                         "fix its permissions or pass another file") from None
+    try: text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                         "save it as UTF-8") from None
+    try: config = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(e, text)}; fix it there") from None
+    if config is None: return {}  # empty, or only comments: all defaults
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {path} holds a {type(config).__name__}, not a mapping of sections: write it as "
+                         f"section: {{key: value}} with sections {', '.join(DEFAULTS)}")
+    return config
+
 def load_config(config, overrides=()) -> dict:
     "A config dict from a dict or a YAML file, with overrides applied (not yet resolved)."
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.exists(): raise FileNotFoundError(f"config file not found: {path}")
-        config = yaml.safe_load(path.read_text()) or {}
+    if isinstance(config, (str, Path)): config = _read_config(Path(config))
     if not isinstance(config, dict): raise ValueError(f"a config must be a mapping of sections, got {type(config).__name__}")
     return apply_overrides(config, overrides)
 

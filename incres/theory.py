@@ -12,34 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['MODES', 'OPTIMIZERS', 'function_gap', 'insertion_points', 'gradient_norms', 'train_steps']
+__all__ = ['OPTIMIZERS', 'gradient_norms', 'train_steps', 'MODES', 'function_gap', 'insertion_points']
 
 # %% ../nbs/02_theory.ipynb #1164186c
-MODES = ('eval', 'train')
+from .growth import MODES, _check_mode, function_gap
 
-def _check_mode(mode: str) -> None:
-    if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-def function_gap(before: nn.Module, after: nn.Module, x: torch.Tensor, mode: str = 'eval') -> float:
-    "max |after(x) − before(x)| over the logits, in `mode` ('eval': running statistics, 'train': batch statistics), on copies of both models."
-    _check_mode(mode)
-    outs = []
-    for model in (before, after):
-        model = copy.deepcopy(model).train(mode == 'train')
-        with torch.no_grad(): outs.append(model(x))
-    if outs[0].shape != outs[1].shape:
-        raise ValueError(f"the models' outputs differ in shape: {tuple(outs[0].shape)} vs {tuple(outs[1].shape)}")
-    return (outs[1].double() - outs[0].double()).abs().max().item()
+_all_ = ['MODES', 'function_gap']  # defined in incres.growth; incres.theory offers them too
 
 # %% ../nbs/02_theory.ipynb #e2979c79
-def insertion_points(model: nn.Module) -> list[tuple[int, int]]:
-    "All `(stage, index)` where a shape-preserving block can be inserted: inside each stage, at its end, and at its start when its first block keeps the shape."
-    points = []
-    for s, stage in enumerate(model.stages):
-        first = stage[0]
-        keeps_shape = first.stride == 1 and first.in_channels == first.out_channels
-        points += [(s, i) for i in range(0 if keeps_shape else 1, len(stage) + 1)]
-    return points
+from .growth import insertion_points
+
+_all_ = ['insertion_points']
 
 # %% ../nbs/02_theory.ipynb #a0e51765
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: int, index: int,

@@ -1,6 +1,7 @@
 """incres.data on tiny fixtures the tests build themselves: every source kind, class-order mapping, byte
 determinism, every bad input, augmentation and seeding, sharding, subsets and the CLI. No network, no real archives."""
 import argparse
+import errno
 import gzip
 import io
 import pickle
@@ -16,8 +17,9 @@ from hypothesis import given, strategies as st
 from PIL import Image
 
 import incres.data as data
-from incres.data import (CIFAR10_CLASSES, DATASETS, DataError, TensorBatches, add_cli, class_quota, load_split,
-                         make_loaders, prepare, provenance, split_validation, stratified_first, verify)
+from incres.data import (CIFAR10_CLASSES, DATASETS, DataError, TensorBatches, add_cli, class_quota, derive_seed,
+                         load_split, make_loaders, prepare, provenance, split_validation, stratified_first, verify)
+from incres.io import WriteError
 
 SIZES = (20, 10)  # the fixtures: 2 train and 1 test image per class
 
@@ -392,6 +394,46 @@ def test_failed_write_keeps_the_old_data(tmp_path, monkeypatch):
     assert not (tmp_path / 'fresh').exists()
 
 
+def test_failed_write_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    src = image_folder_tar(tmp_path / 'c.tar.gz')
+    def full(a, b): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(data.os, 'rename', full)
+    with pytest.raises(WriteError) as e:
+        prepare('cifar10', src, tmp_path / 'd', expected_sizes=SIZES, progress=False)
+    assert str(e.value) == (f'cannot write {tmp_path}/d/cifar10: the disk is full: '
+                            'free some space or write somewhere else')
+    assert e.value.errno == errno.ENOSPC and not (tmp_path / 'd').exists()
+
+
+def test_root_is_checked_before_the_source_is_read(tmp_path, monkeypatch):
+    def must_not_run(*args, **kw): raise AssertionError('read the source before checking the root')
+    monkeypatch.setattr(data, 'read_source', must_not_run)
+    (tmp_path / 'afile').write_text('x')
+    for root, what in ((tmp_path / 'afile', 'it is'), (tmp_path / 'afile' / 'data', f'{tmp_path}/afile is')):
+        with pytest.raises(WriteError) as e:
+            prepare('fashion_mnist', fashion_idx_dir(tmp_path / 'f'), root, expected_sizes=SIZES)
+        assert str(e.value) == (f'cannot write prepared data to {root}: {what} a file, not a folder: '
+                                'pass a folder as --root')
+    assert data._check_root(tmp_path / 'new' / 'data') == tmp_path / 'new' / 'data'
+    monkeypatch.setattr(data.os, 'access', lambda path, mode: False)
+    with pytest.raises(WriteError, match=r'is not writable \(permission denied\): pass another --root, or fix'):
+        prepare('cifar10', root=tmp_path / 'new' / 'data')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WriteError, match=f'cannot write prepared data to data: {tmp_path} is not writable'):
+        prepare('cifar10', root='data')
+    assert not (tmp_path / 'new').exists() and not (tmp_path / 'data').exists()  # the check creates nothing
+
+
+def test_unreadable_provenance(tmp_path):
+    prepare('fashion_mnist', fashion_idx_dir(tmp_path / 'f'), tmp_path / 'data', expected_sizes=SIZES)
+    (tmp_path / 'data' / 'fashion_mnist' / 'provenance.json').write_bytes(b'\xff{')
+    with pytest.raises(DataError) as e:
+        provenance('fashion_mnist', tmp_path / 'data')
+    msg = str(e.value)
+    assert msg.startswith(f'{tmp_path}/data/fashion_mnist/provenance.json is not valid JSON (') and '\n' not in msg
+    assert msg.endswith('run `incres data prepare fashion_mnist` again')
+
+
 # ----------------------------------------------------------------------------------------------- batches
 def reference(image, offset, flip, info):
     "torchvision's RandomCrop(padding) + RandomHorizontalFlip + ToTensor + Normalize, with given parameters."
@@ -438,6 +480,25 @@ def test_seeding():
         assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(labels.tolist())
     with pytest.raises(ValueError, match='non-negative'):
         TensorBatches(images, labels, info, 32, train=True, seed=-1)
+
+
+def test_derive_seed():
+    assert 'derive_seed' in data.__all__ and not hasattr(data, '_seed')
+    assert derive_seed(0, 1) == 3964924996 == int(np.random.SeedSequence([0, 1]).generate_state(1)[0])
+    assert derive_seed(np.int64(5), 2) == derive_seed(5, 2) != derive_seed(2, 5)
+    for bad in ((0, -1), (-3,), ()):
+        with pytest.raises(ValueError, match='non-negative'):
+            derive_seed(*bad)
+    # the batches every committed run saw: derive_seed drives the shuffle and the augmentation, bit for bit
+    images, labels = load_split('synthetic', 'train')
+    tb = TensorBatches(images, labels, DATASETS['synthetic'], 32, train=True, seed=0)
+    tb.set_epoch(3)
+    idx, offsets, flips = tb.plan()
+    assert idx[:8].tolist() == [303, 119, 268, 263, 172, 328, 496, 93]
+    assert offsets[:4].tolist() == [[4, 0], [3, 4], [3, 1], [0, 4]]
+    assert flips[:8].tolist() == [True, False, False, True, False, False, False, False]
+    g = torch.Generator().manual_seed(derive_seed(0, 3))
+    assert torch.equal(idx, torch.randperm(512, generator=g)[:len(idx)])
 
 
 @pytest.mark.parametrize('world_size', [2, 3])

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from incres.growth import GROWTH_INITS, WIDEN_INITS, function_gap, grow_depth, widen
+from incres.growth import GROWTH_INITS, MODES, WIDEN_INITS, function_gap, grow_depth, widen
 from incres.resnet import BasicBlock, PlainLayer, ResNet
+from incres.testing import assert_same_state, random_images, state_of
 
 EXACT_DEPTH = [k for k, v in GROWTH_INITS.items() if v.preserves_function == 'exact']
 TOL = 1e-5  # relative max |Δ logits|; float32 round-off is ~1e-7
@@ -35,19 +36,6 @@ def nets(draw, max_stages=3):
     return warmed_up(ResNet(depths, widths, in_channels, num_classes=3, shortcut=shortcut), seed).eval()
 
 
-def batch(net: ResNet, size: int, seed: int) -> torch.Tensor:
-    return torch.randn(size, net.in_channels, 8, 8, generator=torch.Generator().manual_seed(seed))
-
-
-def state_of(net):
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
-def assert_same_state(a: dict, b: dict):
-    assert list(a) == list(b)
-    for k in a: assert torch.equal(a[k], b[k]), k
-
-
 def positions(net: ResNet):
     "Strategy for a valid (stage, index): stage 0 takes 0..n, later stages 1..n; None is the end."
     return st.integers(0, len(net.stages) - 1).flatmap(
@@ -58,9 +46,9 @@ def positions(net: ResNet):
 @given(net=nets(), data=st.data(), init=st.sampled_from(EXACT_DEPTH), size=st.integers(2, 4), seed=st.integers(0, 99))
 def test_grow_depth_preserves_function(net, data, init, size, seed):
     stage, index = data.draw(positions(net))
-    x, before = batch(net, size, seed), state_of(net)
+    x, before = random_images(size, net.in_channels, seed=seed), state_of(net)
     grown = grow_depth(net, stage, index, init, data=x, generator=seed)
-    assert_same_state(state_of(net), before)  # the input model is untouched
+    assert_same_state(net, before)  # the input model is untouched
     at = net.stage_depths[stage] if index is None else index
     added = grown.stages[stage][at]
     assert isinstance(added, PlainLayer if init == 'net2deeper' else BasicBlock)
@@ -68,8 +56,8 @@ def test_grow_depth_preserves_function(net, data, init, size, seed):
     assert grown.stage_depths == tuple(expected) and grown.widths == net.widths
     assert grown.depth == net.depth + added.n_layers
     assert not grown.training
-    for train in (False, True):  # train mode: on the calibration batch
-        assert function_gap(net, grown, x, train) < TOL, (train, stage, index)
+    for mode in MODES:  # train mode: on the calibration batch
+        assert function_gap(net, grown, x, mode, relative=True) < TOL, (mode, stage, index)
 
 
 @settings(max_examples=100)
@@ -77,13 +65,13 @@ def test_grow_depth_preserves_function(net, data, init, size, seed):
 def test_widen_net2net_is_exact(net, data, extra, size, seed):
     stage = data.draw(st.integers(0, len(net.stages) - 1))
     width = net.widths[stage] + extra
-    x, before = batch(net, size, seed), state_of(net)
+    x, before = random_images(size, net.in_channels, seed=seed), state_of(net)
     wide = widen(net, stage, width, generator=seed)
-    assert_same_state(state_of(net), before)
+    assert_same_state(net, before)
     expected = list(net.widths); expected[stage] = width
     assert wide.widths == tuple(expected) and wide.stage_depths == net.stage_depths and wide.depth == net.depth
-    for train in (False, True):
-        assert function_gap(net, wide, x, train) < TOL, (train, stage, width)
+    for mode in MODES:
+        assert function_gap(net, wide, x, mode, relative=True) < TOL, (mode, stage, width)
     assert wide(x).shape == (size, 3)
 
 
@@ -91,7 +79,7 @@ def test_widen_net2net_is_exact(net, data, extra, size, seed):
 @given(net=nets(), data=st.data(), size=st.integers(2, 4), seed=st.integers(0, 99))
 def test_growth_composes(net, data, size, seed):
     "A random sequence of exact growth steps and widenings keeps the function and the bookkeeping."
-    x, grown = batch(net, size, seed), net
+    x, grown = random_images(size, net.in_channels, seed=seed), net
     depths, widths, depth = list(net.stage_depths), list(net.widths), net.depth
     for step in range(data.draw(st.integers(2, 5))):
         if data.draw(st.booleans()):
@@ -104,18 +92,18 @@ def test_growth_composes(net, data, size, seed):
             widths[stage] += data.draw(st.integers(1, 3))
             grown = widen(grown, stage, widths[stage], generator=step)
     assert (grown.stage_depths, grown.widths, grown.depth) == (tuple(depths), tuple(widths), depth)
-    for train in (False, True):
-        assert function_gap(net, grown, x, train) < TOL, train
+    for mode in MODES:
+        assert function_gap(net, grown, x, mode, relative=True) < TOL, mode
 
 
 @settings(max_examples=60)
 @given(net=nets(), data=st.data(), init=st.sampled_from(list(GROWTH_INITS)), seed=st.integers(0, 99))
 def test_every_init_is_deterministic_and_trainable(net, data, init, seed):
     stage, index = data.draw(positions(net))
-    x = batch(net, 3, seed)
+    x = random_images(3, net.in_channels, seed=seed)
     a = grow_depth(net, stage, index, init, data=x, generator=seed)
     b = grow_depth(net, stage, index, init, data=x, generator=seed)
-    assert_same_state(state_of(a), state_of(b))
+    assert_same_state(a, b)
     F.cross_entropy(a.train()(x), torch.zeros(3, dtype=torch.long)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in a.parameters())
 
@@ -148,17 +136,18 @@ def fixed_net(shortcut='A'):
 @pytest.mark.parametrize('shortcut', ['A', 'B'])
 def test_non_preserving_inits_change_the_function(shortcut):
     net, x = fixed_net(shortcut), torch.randn(8, 3, 8, 8)
-    assert function_gap(net, grow_depth(net, 1, init='random', generator=0), x) > 1e-2
-    assert function_gap(net, widen(net, 1, 12, 'random', generator=0), x) > 1e-2
-    noisy = function_gap(net, widen(net, 1, 12, noise=0.01, generator=0), x)
+    assert function_gap(net, grow_depth(net, 1, init='random', generator=0), x, relative=True) > 1e-2
+    assert function_gap(net, widen(net, 1, 12, 'random', generator=0), x, relative=True) > 1e-2
+    noisy = function_gap(net, widen(net, 1, 12, noise=0.01, generator=0), x, relative=True)
     assert 1e-6 < noisy < 0.2
 
 
 def test_dils_is_close_but_not_exact():
     net, x = fixed_net(), torch.randn(16, 3, 8, 8)
     for init in ('dils_analytic', 'dils_approx'):
-        for train in (False, True):
-            assert 0 < function_gap(net, grow_depth(net, 1, 1, init, data=x, generator=0), x, train) < 0.05, (init, train)
+        grown = grow_depth(net, 1, 1, init, data=x, generator=0)
+        for mode in MODES:
+            assert 0 < function_gap(net, grown, x, mode, relative=True) < 0.05, (init, mode)
 
 
 @pytest.mark.parametrize('train', [True, False])
@@ -189,7 +178,7 @@ def test_dtype_memory_format_and_training_flag_are_kept():
     assert g.training and {p.dtype for p in g.parameters()} == {torch.float64}
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
                for m in g.modules() if isinstance(m, torch.nn.Conv2d))
-    assert function_gap(net, g, x) < 1e-12
+    assert function_gap(net, g, x, relative=True) < 1e-12
 
 
 def test_registries_document_every_init():

@@ -1,29 +1,18 @@
 """The HTML report in a real browser: headless Chromium loads the index page and every figure decodes."""
-import json
 from pathlib import Path
 
-import matplotlib
 import pytest
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt
-
 from incres.report import check_in_browser, find_chromium, write_report
+from incres.testing import fake_report_section
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason='headless Chromium not installed (apt-get install -y chromium)')
 
 
-def make_section(folder: Path, names=('pareto', 'accuracy_vs_compute')):
-    folder.mkdir(parents=True)
-    for name in names:
-        fig, ax = plt.subplots(figsize=(3, 2)); ax.plot([0, 1], [1, 0]); fig.savefig(folder/f'{name}.png'); plt.close(fig)
-    (folder/'captions.json').write_text(json.dumps({n: f'caption of {n}' for n in names}))
-
-
 @needs_chromium
 def test_report_images_load_and_a_broken_one_is_caught(tmp_path):
-    make_section(tmp_path/'reports'/'cifar10')
+    fake_report_section(tmp_path/'reports'/'cifar10', {n: f'caption of {n}' for n in ('pareto', 'accuracy_vs_compute')})
     index = write_report(tmp_path/'reports')
     shot = tmp_path/'shot.png'
     assert check_in_browser(index, screenshot=shot) == (2, 2)

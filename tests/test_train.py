@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,25 +13,36 @@ import torch
 import yaml
 
 from incres.cli import main
-from incres.resnet import resnet
+from incres.growstep import grow
 from incres.strategies import merge
-from incres.train import Trainer, run
+from incres.testing import TINY, hand_flops_per_image, without_clock, write_config
+from incres.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {'dataset': {'name': 'synthetic', 'batch_size': 64, 'val_size': 64}, 'model': {'depth': 14, 'width': 4},
-        'train': {'epochs': 4, 'progress': False}, 'optim': {'lr': 0.05}}
-CLOCK = {'train_seconds', 'eval_seconds', 'growth_seconds', 'images_per_second', 'flops_per_second'}
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}  # one thread, as in-process (conftest)
 
+# `incres train ARGS`, stopped by a signal the run sends itself at a chosen point: deterministic, whatever the speed
+# of the machine. argv: event ('checkpoint_saved' or 'epoch_end'), epoch, signal name, then the command line.
+STOP_SCRIPT = """
+import os, signal, sys
+from functools import partial
+import incres.train
+from incres.cli import main
+event, epoch, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+def stop(name, trainer):
+    if name == event and trainer.counters['epoch'] == epoch: os.kill(os.getpid(), sig)
+incres.train.run = partial(incres.train.run, callbacks=[stop])
+sys.exit(main(sys.argv[4:]))
+"""
 
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
 
-
-def without_clock(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in CLOCK}
+def train_stopped(tmp_path, config: Path, out: Path, event: str, epoch: int, sig: str):
+    "Run `incres train config --out out` in a subprocess that sends itself `sig` at `event` of `epoch`."
+    script = tmp_path/'stop.py'
+    script.write_text(STOP_SCRIPT)
+    return subprocess.run([sys.executable, str(script), event, str(epoch), sig, 'train', str(config), '--out', str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize('strategy, extra', [
@@ -63,45 +73,36 @@ def test_every_strategy_through_the_cli(tmp_path, capsys, strategy, extra):
 def test_optimizer_state_across_growth(tmp_path):
     "Old parameters keep their momentum (under their new names), new ones join in a group of their own."
     cfg = merge(TINY, {'strategy': {'name': 'incremental', 'grow_epochs': [1], 'position': 'front'},
-                       'train': {'epochs': 2, 'interrupt_after_epoch': 1}})
-    with pytest.raises(KeyboardInterrupt): run(cfg, tmp_path)
-    t = Trainer(cfg, tmp_path)
-    t._setup_distributed(); t._setup_data(); assert t._load_state()
-    old_opt, old_net = t.opt, t.network
+                       'train': {'epochs': 2}})
+    seen = {}
+    def after_first_epoch(event, trainer):
+        if event == 'epoch_end' and trainer.counters['epoch'] == 1:
+            seen.update(trainer=trainer, net=trainer.network, opt=trainer.opt)
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): run(cfg, tmp_path, callbacks=[after_first_epoch])
+    t, old_net, old_opt = seen['trainer'], seen['net'], seen['opt']
     old_buffers = {n: old_opt.state[p]['momentum_buffer'].clone() for n, p in old_net.named_parameters()}
     old_values = {n: p.detach().clone() for n, p in old_net.named_parameters()}
-    t._grow(t.plans[1], 1)
-    new = dict(t.network.named_parameters())
-    assert t.plans[1].inserts == ((0, 0), (1, 1), (2, 1))  # 'front': before the first block of stage 0, after the others
+    plan = t.plans[1]
+    calibration = (torch.randn(16, 3, 16, 16).to(memory_format=torch.channels_last), torch.randint(0, 10, (16,)))
+    network, opt, event = grow(old_net, old_opt, plan, plan.births, t.cfg['optim'], calibration, seed=0,
+                               memory_format=torch.channels_last)
+    new = dict(network.named_parameters())
+    assert plan.inserts == ((0, 0), (1, 1), (2, 1))  # 'front': before the first block of stage 0, after the others
     assert len(new) == len(old_buffers) + 3 * 6  # three BasicBlocks: 2 convolutions, 2 BatchNorms (weight, bias)
     for name, buf in old_buffers.items():
         moved = name.replace('net.stages.0.0.', 'net.stages.0.1.')
-        assert torch.equal(t.opt.state[new[moved]]['momentum_buffer'], buf), name
+        assert torch.equal(opt.state[new[moved]]['momentum_buffer'], buf), name
         assert torch.equal(new[moved].detach(), old_values[name]), name  # zero-init growth leaves old weights alone
     fresh = [n for n in new if n.startswith(('net.stages.0.0.', 'net.stages.1.1.', 'net.stages.2.1.'))]
-    assert len(fresh) == 18 and not any(new[n] in t.opt.state for n in fresh)
-    groups = {g['name']: g for g in t.opt.param_groups}
+    assert len(fresh) == 18 and not any(new[n] in opt.state for n in fresh)
+    groups = {g['name']: g for g in opt.param_groups}
     assert set(groups) == {'phase0', 'phase1'}
     assert {id(p) for p in groups['phase1']['params']} == {id(new[n]) for n in fresh}
     assert all(g['weight_decay'] == 1e-4 and g['momentum'] == 0.9 and g['nesterov'] for g in groups.values())
     # the grown network trains from there, the optimiser covering every parameter exactly once
-    assert sum(len(g['params']) for g in t.opt.param_groups) == len(new)
-
-
-def hand_flops_per_image(stage_depths=(1, 1, 1), width=4, size=16, channels=3, classes=10):
-    "Forward and training-step FLOPs per image of a CIFAR ResNet (option A), counted by hand: 2 FLOPs per MAC."
-    convs, hw, prev = [], size, width
-    convs.append(2 * channels * 9 * width * hw * hw)  # stem
-    for s, n in enumerate(stage_depths):
-        w = width * 2**s
-        for j in range(n):
-            if s > 0 and j == 0: hw = (hw + 1) // 2
-            convs += [2 * prev * 9 * w * hw * hw, 2 * w * 9 * w * hw * hw]
-            prev = w
-    fc = 2 * prev * classes
-    forward = sum(convs) + fc
-    backward = convs[0] + 2 * sum(convs[1:]) + 2 * fc  # the stem needs no input gradient
-    return forward, forward + backward
+    assert sum(len(g['params']) for g in opt.param_groups) == len(new)
+    assert (event['depth_before'], event['depth_after']) == (8, 14) and event['max_logit_change'] < 1e-5
 
 
 def test_flops_match_a_hand_count(tmp_path):
@@ -132,23 +133,16 @@ def test_flops_of_growth_and_frozen_prefix(tmp_path):
     assert f14 - prefix > 0 and m['growth_flops'] == 0 and m['cache_flops'] == 0
 
 
-def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
-    cfg = merge(TINY, {'train': {'epochs': 12}, 'strategy': {'name': 'incremental', 'init': 'net2deeper', 'grow_epochs': [3]},
-                       'optim': {'schedule': 'cosine'}})
+@pytest.mark.parametrize('event', ['epoch_end', 'checkpoint_saved'])
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, event):
+    "SIGKILL after epoch 3 (after its logs, or between its checkpoint and its logs); resumed, it equals the whole run."
+    cfg = merge(TINY, {'train': {'epochs': 8}, 'optim': {'schedule': 'cosine'},
+                       'strategy': {'name': 'incremental', 'init': 'net2deeper', 'grow_epochs': [3]}})
     whole = run(cfg, tmp_path/'whole')
-    config = write_config(tmp_path/'c.yaml', cfg)
-    cmd = [sys.executable, '-m', 'incres', 'train', str(config), '--out', str(tmp_path/'cut')]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    history = tmp_path/'cut'/'history.csv'
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= 1 + 2: break
-        time.sleep(0.01)
-    proc.kill(); proc.wait()  # SIGKILL: no handler runs, the files are whatever the last atomic write left
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    res = train_stopped(tmp_path, write_config(tmp_path/'c.yaml', cfg), tmp_path/'cut', event, 3, 'SIGKILL')
+    assert res.returncode == -signal.SIGKILL, res.stderr
     assert not (tmp_path/'cut'/'metrics.json').exists()
-    done = torch.load(tmp_path/'cut'/'checkpoint'/'last.pt', weights_only=False)['counters']['epoch']
-    assert 2 <= done < 12
+    assert torch.load(tmp_path/'cut'/'checkpoint'/'last.pt', weights_only=False)['counters']['epoch'] == 3
     resumed = run(cfg, tmp_path/'cut')
     assert without_clock(resumed) == without_clock(whole)
     drop = lambda f: pd.read_csv(f).drop(columns=['train_seconds', 'eval_seconds'])
@@ -157,24 +151,27 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     strip = lambda f: [{k: v for k, v in json.loads(l).items() if 'seconds' not in k} for l in f.read_text().splitlines()]
     assert strip(tmp_path/'cut'/'events.jsonl') == strip(tmp_path/'whole'/'events.jsonl')
     dvc = pd.read_csv(tmp_path/'cut'/'dvclive'/'plots'/'metrics'/'test_acc.tsv', sep='\t')
-    assert list(dvc.step) == list(range(1, 13))  # the DVCLive logs were replayed, not duplicated
+    assert list(dvc.step) == list(range(1, 9))  # the DVCLive logs were replayed, not duplicated
 
 
 def test_ctrl_c_exits_130_and_leaves_a_resumable_checkpoint(tmp_path):
-    cfg = merge(TINY, {'train': {'epochs': 12}})
-    config = write_config(tmp_path/'c.yaml', cfg)
-    cmd = [sys.executable, '-m', 'incres', 'train', str(config), '--out', str(tmp_path/'run')]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = tmp_path/'run'/'checkpoint'/'last.pt'
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not ckpt.exists(): time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
-    assert 'run the same command again to resume' in err.decode()
-    epoch = torch.load(ckpt, weights_only=False)['counters']['epoch']
-    assert 1 <= epoch < 12
-    assert run(cfg, tmp_path/'run')['epochs'] == 12
+    "A real SIGINT after epoch 2 (sent by the run to itself, so the test does not race the run)."
+    cfg = merge(TINY, {'train': {'epochs': 5}})
+    res = train_stopped(tmp_path, write_config(tmp_path/'c.yaml', cfg), tmp_path/'run', 'epoch_end', 2, 'SIGINT')
+    assert res.returncode == 130, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"incres train: interrupted; the checkpoint of the last completed epoch is in {tmp_path/'run'/'checkpoint'}: "
+        'run the same command again to resume'], res.stderr
+    assert torch.load(tmp_path/'run'/'checkpoint'/'last.pt', weights_only=False)['counters']['epoch'] == 2
+    assert run(cfg, tmp_path/'run')['epochs'] == 5
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys):
+    cfg = write_config(tmp_path/'c.yaml', merge(TINY, {'train': {'checkpoint': False, 'interrupt_after_epoch': 1}}))
+    assert main(['train', str(cfg), '--out', str(tmp_path/'run')]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        'incres train: interrupted before the first checkpoint; nothing to resume: run the same command again to '
+        'start over']
 
 
 @pytest.mark.parametrize('override, message', [
@@ -202,7 +199,7 @@ def test_bad_configs_fail_before_any_compute(tmp_path, capsys, override, message
     ({'strategy': {'name': 'incremental', 'grow_epochs': [3, 2]}, 'model': {'depth': 20}},
      'growth epochs [3, 2] must be increasing integers strictly between 0 and train.epochs=4'),
     ({'strategy': {'name': 'incremental', 'grow_epochs': [2, 3]}},
-     'lists 2 epochs but going from [1, 1, 1] to [2, 2, 2] blocks 1 at a time takes 1 growths'),
+     'lists 2 epochs but going from [1, 1, 1] to [2, 2, 2] blocks 1 at a time takes 1 growth'),
     ({'strategy': {'name': 'greedy'}}, 'greedy trains the 6 blocks one at a time and needs train.epochs >= 6'),
 ])
 def test_impossible_schedules_are_named(tmp_path, change, message):
