@@ -35,7 +35,9 @@ def _run(argv) -> int:
         return int(args.func(args) or 0)
     except BrokenPipeError: raise  # an OSError, but not a failure: `main` handles it
     except (ValueError, OSError) as e:  # OSError: FileNotFoundError, incres.io.WriteError, ...
-        print(f'incres: error: {_one_line(e)}', file=sys.stderr)
+        if os.environ.get('INCRES_DEBUG'): raise  # the whole traceback, for a bug rather than a user's mistake
+        from incres.distributed import print_once  # under torchrun every process fails alike: say it once
+        print_once(f'incres: error: {_one_line(e)}', file=sys.stderr)
         return 2
 
 # %% ../nbs/09_cli.ipynb #1098d227

@@ -121,15 +121,15 @@ def _growth_phases(cfg, p):
     if p['grow_epochs'] is not None:
         grow = list(p['grow_epochs'])
         if len(grow) != n_growths:
-            raise ValueError(f"strategy.grow_epochs lists {len(grow)} epochs but going from {start} to {final} blocks "
-                             f"{bpg} at a time takes {n_growths} growth{'s' if n_growths != 1 else ''}")
+            raise ValueError(f"strategy.grow_epochs lists {_plural(len(grow), 'epoch')} but going from {start} to {final} blocks "
+                             f"{bpg} at a time takes {_plural(n_growths, 'growth')}")
     else:
         if not 0 < p['grow_by'] <= 1: raise ValueError(f"strategy.grow_by must be in (0, 1], got {p['grow_by']}")
         grow = [max(1, round(p['grow_by'] * epochs * g / n_growths)) for g in range(1, n_growths + 1)]
     bounds = [0] + grow + [epochs]
     if any(not isinstance(e, int) for e in grow) or any(b >= c for b, c in zip(bounds, bounds[1:])):
         raise ValueError(f"growth epochs {grow} must be increasing integers strictly between 0 and train.epochs={epochs} "
-                         f"(every phase needs at least one epoch); {n_growths} growth{'s' if n_growths != 1 else ''} need train.epochs >= {n_growths + 1}")
+                         f"(every phase needs at least one epoch); {_plural(n_growths, 'growth')} need train.epochs >= {n_growths + 1}")
     phases = [_phase(epochs=grow[0], stage_depths=depths[0], widths=start_widths)]
     for g in range(1, n_growths + 1):
         phases.append(_phase(epochs=bounds[g + 1] - bounds[g], stage_depths=depths[g], widths=final_widths,
@@ -193,6 +193,8 @@ def _expand_custom(cfg, p):
                      "[{epochs: 2, stage_depths: [1, 1, 1]}, {epochs: 3, stage_depths: [2, 2, 2], init: zero}]")
 
 # %% ../nbs/06_strategies.ipynb #85cd03cd
+def _plural(n: int, word: str) -> str: return f"{n} {word}" + ("" if n == 1 else "s")
+
 def _fail(where, what, value): raise ValueError(f"{where} must be {what}, got {value!r}")
 
 def _num(kind, lo=None, hi=None, lo_open=False, optional=False):

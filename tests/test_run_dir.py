@@ -58,6 +58,28 @@ def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_process(tmp_
     # the holder was killed: its lock is taken over, and the run goes ahead
     assert main(['train', str(config), '--out', str(tmp_path/'run')]) == 0
     assert f'locked by process {holder.pid}, which is no longer running' in capsys.readouterr().err
+    assert not (tmp_path/'run'/'.lock').exists()  # released: a run directory at rest holds no lock
+    assert main(['train', str(config), '--out', str(tmp_path/'run')]) == 0  # finished: read back, no note
+    assert 'note' not in capsys.readouterr().err
+
+
+def test_overwrite_never_deletes_files_that_are_not_an_incres_run(tmp_path, capsys):
+    (tmp_path/'config.yaml').write_text(__import__('yaml').safe_dump(TINY))  # the user's own config, in --out
+    argv = ['train', str(tmp_path/'config.yaml'), '--out', str(tmp_path)]
+    for extra in ([], ['--overwrite']):
+        assert main(argv + extra) == 2
+        assert 'holds config.yaml but no incres config.yaml that says which run' in one_line_error(capsys)
+        assert (tmp_path/'config.yaml').exists()
+
+
+def test_a_run_that_fails_its_checks_leaves_the_previous_run_alone(tmp_path, config, capsys):
+    assert main(['train', str(config), '--out', str(tmp_path/'run')]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path/'run').iterdir() if p.is_file()}
+    argv = ['train', str(config), '--out', str(tmp_path/'run'), '--overwrite', '--set', 'strategy.name=greedy',
+            '--set', 'train.epochs=6', '--set', 'compute.memory_budget_gb=1e-6', '--set', 'dataset.augment=false']
+    assert main(argv) == 2
+    assert 'more than the memory budget' in one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in (tmp_path/'run').iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize('state', ['finished', 'partial', 'finished-no-checkpoint', 'partial-no-checkpoint'])
@@ -103,7 +125,8 @@ def test_logs_and_model_are_completed_from_a_finished_checkpoint(tmp_path):
 
 @pytest.mark.parametrize('content, message', [
     (b'', 'it is empty'), ('half', 'it is truncated or not a checkpoint'),
-    (os.urandom(4096), 'it is truncated or not a checkpoint')])
+    (bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist()),
+     'it is truncated or not a checkpoint')])
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, config, capsys, no_data_loading, content, message):
     ckpt = tmp_path/'run'/'checkpoint'/'last.pt'
     ckpt.parent.mkdir(parents=True)
@@ -112,7 +135,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, config, caps
     ckpt.write_bytes(content)
     assert main(['train', str(config), '--out', str(tmp_path/'run')]) == 2
     line = one_line_error(capsys)
-    assert f'cannot resume from {ckpt}: {message}' in line and 'delete it to start the run over' in line, line
+    assert f'cannot resume from {ckpt}: {message}' in line and 'pass --overwrite to start the run over' in line, line
 
 
 def test_an_out_dir_that_is_a_file_is_refused_before_the_data_loads(tmp_path, config, capsys, no_data_loading):
