@@ -90,10 +90,24 @@ def function_gap(before: nn.Module, after: nn.Module, x: torch.Tensor, mode: str
 # %% ../nbs/01_growth.ipynb #d04ce67f
 def _check_model(model) -> None:
     if not isinstance(model, ResNet):
-        raise ValueError(f"model must be an incres.resnet.ResNet (unwrap DDP / torch.compile first), got {type(model).__name__}")
+        raise ValueError(f"model must be an incres.resnet.ResNet or a torchvision.models.ResNet (unwrap DDP / "
+                         f"torch.compile first), got {type(model).__name__}")
+
+def _stages(model) -> list:
+    "The stages of `model`, each an `nn.Sequential` of blocks: `model.stages`, or a torchvision ResNet's layer1..4."
+    if not isinstance(model, ResNet):
+        from incres.tvresnet import as_torchvision, torchvision_stages
+        if (tv := as_torchvision(model)) is not None: return torchvision_stages(tv)
+    _check_model(model)
+    return list(model.stages)
+
+def _keeps_shape(block: nn.Module) -> bool:
+    "Whether `block`'s output has its input's shape (then a shape-preserving block can go before it)."
+    if hasattr(block, 'downsample'): return block.downsample is None  # torchvision: a shape change has a downsample
+    return block.stride == 1 and block.in_channels == block.out_channels
 
 def _check_stage(model: ResNet, stage) -> int:
-    n = len(model.stages)
+    n = len(_stages(model))
     try: stage = operator.index(stage)
     except TypeError: stage = None
     if stage is None or not 0 <= stage < n:
@@ -101,9 +115,10 @@ def _check_stage(model: ResNet, stage) -> int:
     return stage
 
 def insertion_points(model: ResNet) -> list[tuple[int, int]]:
-    "Every `(stage, index)` where `grow_depth` can insert a block: any position of stage 0, 1..n of a later stage."
-    _check_model(model)
-    return [(s, i) for s, blocks in enumerate(model.stages) for i in range(0 if s == 0 else 1, len(blocks) + 1)]
+    """Every `(stage, index)` where `grow_depth` can insert a block: after any block, and before a stage's first block
+    if it keeps the shape (any position of stage 0, 1..n of a later stage, in incres's ResNet)."""
+    return [(s, i) for s, blocks in enumerate(_stages(model))
+            for i in range(0 if _keeps_shape(blocks[0]) else 1, len(blocks) + 1)]
 
 def _check_position(model: ResNet, stage, index) -> tuple[int, int]:
     "Validate (stage, index) against `insertion_points`; `index=None` means the end of the stage."
@@ -113,7 +128,7 @@ def _check_position(model: ResNet, stage, index) -> tuple[int, int]:
     try: index = operator.index(index)
     except TypeError: index = None
     if index not in valid:
-        why = (' (position 0 of a later stage is the downsampling block; '
+        why = (f' (block 0 of stage {stage} is a downsampling block, which changes the shape; '
                'a block before it cannot preserve the function)' if valid[0] else '')
         raise ValueError(f"index for stage {stage} must be one of {valid} or None for the end, got {index!r}{why}")
     return stage, index
@@ -254,7 +269,11 @@ def grow_depth(model: ResNet, stage: int, index: int | None = None, init: str = 
     """A copy of `model` with one more block at position `index` of `stage` (default: its end).
 
     `init` is one of `GROWTH_INITS`; `data` (a batch of normalised input images N×C×H×W) is needed by those
-    with `needs_data`. `generator`: None, an int seed or a CPU torch.Generator. The input model is untouched."""
+    with `needs_data`. `generator`: None, an int seed or a CPU torch.Generator. The input model is untouched.
+    A torchvision ResNet grows by `incres.tvresnet.grow_torchvision_depth` (inits `zero` and `random`)."""
+    if not isinstance(model, ResNet):
+        from incres.tvresnet import as_torchvision, grow_torchvision_depth
+        if as_torchvision(model) is not None: return grow_torchvision_depth(model, stage, index, init, data, generator)
     _check_model(model)
     stage, index = _check_position(model, stage, index)
     spec = _check_init(GROWTH_INITS, init)
@@ -365,7 +384,12 @@ def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: f
 
     `init` is one of `WIDEN_INITS`; `noise` (≥ 0, net2net only) is the relative std of symmetry-breaking noise;
     `data` is accepted for a uniform signature and not used; `generator`: None, an int seed or a CPU
-    torch.Generator. The input model is untouched."""
+    torch.Generator. The input model is untouched. Not for torchvision ResNets (a `NotImplementedError`)."""
+    if not isinstance(model, ResNet):
+        from incres.tvresnet import as_torchvision
+        if as_torchvision(model) is not None:
+            raise NotImplementedError("widen does not support torchvision ResNets yet (only incres.resnet.ResNet): "
+                                      "grow them in depth with grow_depth")
     _check_model(model)
     stage = _check_stage(model, stage)
     old = model.widths[stage]

@@ -13,7 +13,7 @@ from .heads import AuxHead, configure_heads, head_losses
 from .resnet import PlainLayer, ResNet, n_params
 
 # %% auto #0
-__all__ = ['BLOCK_KINDS', 'Network', 'network_spec', 'build_network', 'load_model', 'TrainStep', 'configure_phase']
+__all__ = ['BLOCK_KINDS', 'Network', 'network_spec', 'build_network', 'load_model', 'TrainStep', 'make_net', 'configure_phase']
 
 # %% ../nbs/14_network.ipynb #407f35c8
 class Network(nn.Module):
@@ -74,12 +74,18 @@ BLOCK_KINDS = {'BasicBlock', 'PlainLayer'}
 def network_spec(network: Network) -> dict:
     "Everything needed to rebuild `network`'s modules (not its weights)."
     net = network.net
+    if not isinstance(net, ResNet):  # a torchvision ResNet behind its adapter
+        from incres.tvresnet import torchvision_spec
+        return {**torchvision_spec(net), 'aux': network.aux, 'active_blocks': network.active_blocks}
     return {'in_channels': net.in_channels, 'num_classes': net.num_classes, 'shortcut': net.shortcut_option,
             'widths': list(net.widths), 'stages': [[type(b).__name__ for b in s] for s in net.stages],
             'aux': network.aux, 'active_blocks': network.active_blocks}
 
 def build_network(spec: dict) -> Network:
     "A freshly initialised `Network` with the architecture `spec` describes."
+    if spec.get('arch') == 'torchvision':
+        from incres.tvresnet import TorchvisionAdapter, torchvision_from_spec
+        return Network(TorchvisionAdapter(torchvision_from_spec(spec)), spec['aux'], spec['active_blocks'])
     unknown = {k for s in spec['stages'] for k in s} - BLOCK_KINDS
     if unknown: raise ValueError(f"unknown block kind {sorted(unknown)[0]!r} in network spec (known: {sorted(BLOCK_KINDS)})")
     net = ResNet([len(s) for s in spec['stages']], spec['widths'], spec['in_channels'], spec['num_classes'],
@@ -90,7 +96,7 @@ def build_network(spec: dict) -> Network:
     return Network(net, spec['aux'], spec['active_blocks'])
 
 def load_model(path, map_location='cpu') -> Network:
-    "The final network saved by a run (`out_dir/model.pt`), in eval mode."
+    "The final network saved by a run (`out_dir/model.pt`), in eval mode (a torchvision one: `.net.model`)."
     blob = torch.load(path, map_location=map_location, weights_only=True)
     network = build_network(blob['spec'])
     network.load_state_dict(blob['state_dict'])
@@ -112,6 +118,15 @@ class TrainStep(nn.Module):
         logits = network.net.head(network.forward_units(h, lo, len(network.unit_ids)))
         loss = F.cross_entropy(logits.float(), y)
         return loss, loss.detach(), logits.detach()
+
+# %% ../nbs/14_network.ipynb #6a27c88c
+def make_net(model: dict, stage_depths, widths, in_channels: int, num_classes: int) -> nn.Module:
+    """The ResNet a config's `model` section describes, at a phase's `stage_depths` and `widths`: incres's own, or for
+    `model.arch: torchvision.<member>` that torchvision ResNet (planes `widths`, doubling) behind its adapter."""
+    if model.get('arch') is None: return ResNet(stage_depths, widths, in_channels, num_classes, model['shortcut'])
+    from incres.tvresnet import TorchvisionAdapter, torchvision_resnet
+    return TorchvisionAdapter(torchvision_resnet(model['arch'].removeprefix('torchvision.'), stage_depths, widths[0],
+                                                 num_classes, in_channels, model['cifar_stem']))
 
 # %% ../nbs/14_network.ipynb #2e8bda7e
 def configure_phase(network: Network, plan, epoch: int) -> int:

@@ -15,9 +15,10 @@ import yaml
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'RECIPES', 'RECIPE_SOURCES', 'GROWTH_PARAMS', 'COMMON_PARAMS', 'STRATEGIES', 'PHASE_DEFAULTS', 'POSITIONS',
-           'TRAINABLE', 'LR_AT_GROWTH', 'SCHEDULES', 'AUX_MODES', 'CHECKS', 'PARAM_CHECKS', 'Strategy',
-           'final_stage_depths', 'stage_widths', 'merge', 'parse_override', 'apply_overrides', 'load_config',
-           'resolve_config', 'PhasePlan', 'plan_phases', 'schedule_factor', 'learning_rate']
+           'TRAINABLE', 'LR_AT_GROWTH', 'SCHEDULES', 'AUX_MODES', 'CHECKS', 'PARAM_CHECKS', 'DEFAULT_ARCH',
+           'TORCHVISION_WIDTH', 'TORCHVISION_MODEL_CHECKS', 'Strategy', 'final_stage_depths', 'stage_widths', 'merge',
+           'torchvision_arch', 'parse_override', 'apply_overrides', 'load_config', 'resolve_config', 'PhasePlan',
+           'plan_phases', 'schedule_factor', 'learning_rate']
 
 # %% ../nbs/06_strategies.ipynb #405574c0
 DEFAULTS = {
@@ -300,6 +301,64 @@ def merge(base: dict, update: dict) -> dict:
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
+# %% ../nbs/06_strategies.ipynb #a3b5b27f
+DEFAULT_ARCH = 'incres.resnet'
+TORCHVISION_WIDTH = 64  # planes of layer1 in torchvision's ResNets
+
+def _arch(v, where):
+    from incres.tvresnet import TORCHVISION_ARCHS
+    return _choice(DEFAULT_ARCH, *(f'torchvision.{name}' for name in TORCHVISION_ARCHS))(v, where)
+
+def _four_stages(v, where):
+    v = _int_list()(v, where)
+    if len(v) != 4: _fail(where, 'a list of 4 positive integers (the blocks of layer1..layer4)', v)
+    return v
+
+TORCHVISION_MODEL_CHECKS = {'arch': _arch, 'stage_depths': _four_stages, 'width': _num(int, 1), 'cifar_stem': _bool}
+
+def torchvision_arch(model: dict):
+    "The `incres.tvresnet.TorchvisionArch` a resolved `model` section names; None for incres's ResNet (no `arch`)."
+    if model.get('arch') is None: return None
+    from incres.tvresnet import TORCHVISION_ARCHS
+    return TORCHVISION_ARCHS[model['arch'].removeprefix('torchvision.')]
+
+# %% ../nbs/06_strategies.ipynb #8841bd05
+def _model_section(model: dict, given: dict) -> tuple[dict, dict]:
+    "The `model` section for its architecture, and its checks; `given` is what the user wrote."
+    arch = _arch(model.get('arch', DEFAULT_ARCH), 'model.arch')
+    if arch == DEFAULT_ARCH:  # implicit: resolved configs of incres's ResNet keep their form
+        if 'cifar_stem' in model:
+            raise ValueError("model.cifar_stem applies to torchvision architectures (model.arch: torchvision.resnet18, "
+                             "...); incres.resnet always has the CIFAR stem")
+        return {k: v for k, v in model.items() if k != 'arch'}, CHECKS['model']
+    for k in model:
+        if k in given and k in ('depth', 'shortcut'):
+            raise ValueError(f"model.{k} applies to incres.resnet only; {arch} takes model.stage_depths (blocks in "
+                             "layer1..layer4), model.width (planes of layer1, torchvision: 64) and model.cifar_stem")
+        if k not in TORCHVISION_MODEL_CHECKS and k not in DEFAULTS['model']:
+            _unknown(k, TORCHVISION_MODEL_CHECKS, 'model.')
+    depths = model.get('stage_depths')
+    return ({'arch': arch, 'stage_depths': list(torchvision_arch({'arch': arch}).layers) if depths is None else depths,
+             'width': model['width'] if 'width' in given else TORCHVISION_WIDTH,
+             'cifar_stem': model.get('cifar_stem', False)}, TORCHVISION_MODEL_CHECKS)
+
+def _check_torchvision(cfg: dict) -> None:
+    "Refuse before training what a torchvision architecture cannot do yet: auxiliary heads, widening, other inits."
+    arch = cfg['model'].get('arch')
+    if arch is None: return
+    from incres.tvresnet import TORCHVISION_GROWTH_INITS
+    strategy, phases = cfg['strategy'], cfg['strategy']['phases']
+    if strategy['aux'] is not None:
+        raise ValueError(f"strategy {strategy['name']!r} trains auxiliary heads, which {arch} does not support yet; "
+                         "use model.arch: incres.resnet")
+    for i, (prev, ph) in enumerate(zip(phases, phases[1:]), 1):
+        if ph['widths'] != prev['widths']:
+            raise ValueError(f"strategy.phases[{i}] widens the network, which {arch} does not support yet (widen is "
+                             "for incres.resnet): leave strategy.start_width unset")
+        if ph['stage_depths'] != prev['stage_depths'] and ph['init'] not in TORCHVISION_GROWTH_INITS:
+            raise ValueError(f"strategy.phases[{i}].init must be one of {list(TORCHVISION_GROWTH_INITS)} for {arch} "
+                             f"(its blocks are torchvision's), got {ph['init']!r}; set strategy.init")
+
 # %% ../nbs/06_strategies.ipynb #c1812436
 def _check_phases(phases, aux, cfg) -> list:
     if not isinstance(phases, list) or not phases: raise ValueError("strategy.phases must be a non-empty list of phases")
@@ -462,6 +521,7 @@ def resolve_config(config, overrides=()) -> dict:
     cfg['recipe'] = recipe
     for section, checks in CHECKS.items():
         if not isinstance(cfg[section], dict): raise ValueError(f"{section} must be a mapping, got {cfg[section]!r}")
+        if section == 'model': cfg['model'], checks = _model_section(cfg['model'], user.get('model') or {})
         for k in cfg[section]:
             if k not in checks and section != 'strategy': _unknown(k, checks, f'{section}.')
         for k, check in checks.items(): cfg[section][k] = check(cfg[section][k], f'{section}.{k}')
@@ -487,14 +547,15 @@ def resolve_config(config, overrides=()) -> dict:
                              "parameters; to write phases by hand use strategy.name: custom")
     cfg['strategy'] = {'name': name, **{k: v for k, v in params.items() if k != 'aux'},
                        'aux': aux, 'phases': _check_phases(phases, aux, cfg)}
+    _check_torchvision(cfg)
     return cfg
 
 # %% ../nbs/06_strategies.ipynb #2b322c19
-def _new_layout(old: list, n_new: int, stage: int, position: str, phase: int) -> list:
-    "Births of a stage's blocks after inserting `n_new` blocks born in `phase` at `position`."
+def _new_layout(old: list, n_new: int, stage: int, position: str, phase: int, front: int | None = None) -> list:
+    "Births of a stage's blocks after inserting `n_new` blocks born in `phase` at `position` (`front`: at `front`)."
     if position == 'end': return old + [phase] * n_new
     if position == 'front':
-        k = 0 if stage == 0 else 1
+        k = (0 if stage == 0 else 1) if front is None else front
         return old[:k] + [phase] * n_new + old[k:]
     after = [max(math.ceil((i + 1) * len(old) / (n_new + 1)) - 1, 0) for i in range(n_new)]  # spread
     out = []
@@ -515,6 +576,8 @@ class PhasePlan:
     widens: tuple            # ((stage, width), ...)
     active_blocks: int       # blocks in use (all of them without auxiliary heads)
     settings: dict = field(hash=False, compare=False)
+    stem_halvings: int = 0   # the stem's stride 2 steps (torchvision's stem: 2, the CIFAR stem: 0)
+    expansion: int = 1       # output channels of a block per width (torchvision's Bottleneck: 4)
 
     @property
     def end_epoch(self) -> int: return self.start_epoch + self.epochs
@@ -547,12 +610,19 @@ class PhasePlan:
         unit = self.units[n_units - 1]
         stage = 0 if unit == 'stem' else unit[0]
         h = size
-        for _ in range(stage): h = (h + 1) // 2  # 3×3 convolution, stride 2, padding 1
-        return (self.widths[stage], h, h)
+        for _ in range(self.stem_halvings + stage): h = (h + 1) // 2  # stride 2, padding k // 2 (also 7×7, max-pool)
+        return (self.widths[stage] * (1 if unit == 'stem' else self.expansion), h, h)
+
+def _front_index(arch, stage: int) -> int:
+    "Where `front` inserts: after block 0 if it changes the shape (later stages; stage 0 of a Bottleneck network)."
+    return 1 if stage > 0 or (arch is not None and arch.expansion > 1) else 0
 
 def plan_phases(config: dict) -> list[PhasePlan]:
     "The concrete plan of a resolved config."
     phases, aux = config['strategy']['phases'], config['strategy']['aux']
+    arch = torchvision_arch(config['model'])
+    geometry = {} if arch is None else {'stem_halvings': 0 if config['model']['cifar_stem'] else 2,
+                                        'expansion': arch.expansion}
     plans, births, start = [], None, 0
     for i, ph in enumerate(phases):
         inserts, widens = [], []
@@ -563,7 +633,7 @@ def plan_phases(config: dict) -> list[PhasePlan]:
             widens = [(s, w) for s, (a, w) in enumerate(zip(prev.widths, ph['widths'])) if w != a]
             for s, (old, d) in enumerate(zip(births, ph['stage_depths'])):
                 if d == len(old): continue
-                layout = _new_layout(old, d - len(old), s, ph['position'], i)
+                layout = _new_layout(old, d - len(old), s, ph['position'], i, _front_index(arch, s))
                 inserts += [(s, j) for j, b in enumerate(layout) if b == i]
                 births[s] = layout
         active = sum(ph['stage_depths']) if ph['active_blocks'] is None else ph['active_blocks']
@@ -571,7 +641,8 @@ def plan_phases(config: dict) -> list[PhasePlan]:
             flat = [(s, j) for s, n in enumerate(ph['stage_depths']) for j in range(n)]
             for s, j in flat[plans[-1].active_blocks:active]: births[s][j] = i
         plans.append(PhasePlan(i, start, ph['epochs'], tuple(ph['stage_depths']), tuple(ph['widths']),
-                               tuple(tuple(b) for b in births), tuple(inserts), tuple(widens), active, ph))
+                               tuple(tuple(b) for b in births), tuple(inserts), tuple(widens), active, ph,
+                               **geometry))
         start += ph['epochs']
     return plans
 
