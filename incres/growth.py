@@ -102,8 +102,7 @@ def _stages(model) -> list:
     return list(model.stages)
 
 def _keeps_shape(block: nn.Module) -> bool:
-    "Whether `block`'s output has its input's shape (then a shape-preserving block can go before it)."
-    if hasattr(block, 'downsample'): return block.downsample is None  # torchvision: a shape change has a downsample
+    "Whether `block`'s output has its input's shape (then one of incres's blocks can go before it)."
     return block.stride == 1 and block.in_channels == block.out_channels
 
 def _check_stage(model: ResNet, stage) -> int:
@@ -116,7 +115,10 @@ def _check_stage(model: ResNet, stage) -> int:
 
 def insertion_points(model: ResNet) -> list[tuple[int, int]]:
     """Every `(stage, index)` where `grow_depth` can insert a block: after any block, and before a stage's first block
-    if it keeps the shape (any position of stage 0, 1..n of a later stage, in incres's ResNet)."""
+    if a block can take its input (incres's ResNet: if it keeps the shape; torchvision's: nearly always)."""
+    if not isinstance(model, ResNet):
+        from incres.tvresnet import as_torchvision, torchvision_insertion_points
+        if (tv := as_torchvision(model)) is not None: return torchvision_insertion_points(tv)
     return [(s, i) for s, blocks in enumerate(_stages(model))
             for i in range(0 if _keeps_shape(blocks[0]) else 1, len(blocks) + 1)]
 

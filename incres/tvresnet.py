@@ -18,7 +18,7 @@ from .resnet import init_weights
 # %% auto #0
 __all__ = ['BLOCKS', 'TORCHVISION_ARCHS', 'TORCHVISION_GROWTH_INITS', 'TorchvisionArch', 'torchvision_stages',
            'torchvision_resnet', 'is_torchvision_resnet', 'TorchvisionAdapter', 'as_torchvision', 'torchvision_spec',
-           'torchvision_from_spec', 'grow_torchvision_depth']
+           'torchvision_from_spec', 'torchvision_insertion_points', 'grow_torchvision_depth']
 
 # %% ../nbs/01b_tvresnet.ipynb #8208d8a8
 @dataclass(frozen=True)
@@ -178,12 +178,22 @@ def torchvision_from_spec(spec: dict) -> nn.Module:
 # %% ../nbs/01b_tvresnet.ipynb #65eb63d1
 TORCHVISION_GROWTH_INITS = {name: GROWTH_INITS[name] for name in ('zero', 'random')}
 
-def _new_block(model: nn.Module, stage: int, init: str, generator, like: torch.Tensor) -> nn.Module:
-    "A shape-preserving block of `stage`'s own type, built like torchvision's later blocks of a stage, then `init`."
-    last = torchvision_stages(model)[stage][-1]
-    channels, kind = _last_bn(last).num_features, type(last)
+def _fits_before(block: nn.Module) -> bool:
+    "Whether a shape-preserving block of `block`'s type can take `block`'s input (a Bottleneck needs 4·k channels)."
+    return block.conv1.in_channels % type(block).expansion == 0
+
+def torchvision_insertion_points(model: nn.Module) -> list[tuple[int, int]]:
+    "Every `(stage, index)` of a torchvision ResNet where `grow_depth` can insert a shape-preserving block."
+    return [(s, i) for s, blocks in enumerate(torchvision_stages(model))
+            for i in range(0 if _fits_before(blocks[0]) else 1, len(blocks) + 1)]
+
+def _new_block(model: nn.Module, stage: int, index: int, init: str, generator, like: torch.Tensor) -> nn.Module:
+    "A shape-preserving block of `stage`'s own type for position `index`, built like a stage's later blocks, `init`."
+    blocks = torchvision_stages(model)[stage]
+    neighbour, kind = (blocks[0] if index == 0 else blocks[index - 1]), type(blocks[0])
+    channels = neighbour.conv1.in_channels if index == 0 else _last_bn(neighbour).num_features
     block = kind(channels, channels // kind.expansion, groups=model.groups, base_width=model.base_width,
-                 dilation=last.conv2.dilation[0], norm_layer=model._norm_layer)
+                 dilation=neighbour.conv2.dilation[0], norm_layer=model._norm_layer)
     block = _fresh(block, generator, like)
     if init == 'zero': nn.init.zeros_(_last_bn(block).weight); nn.init.zeros_(_last_bn(block).bias)
     return block
@@ -199,7 +209,7 @@ def grow_torchvision_depth(model: nn.Module, stage: int, index: int | None = Non
     _check_init(TORCHVISION_GROWTH_INITS, init)
     generator = _as_generator(generator)
     with torch.random.fork_rng(devices=[], enabled=generator is not None), torch.no_grad():
-        block = _new_block(model, stage, init, generator, next(model.parameters()))
+        block = _new_block(model, stage, index, init, generator, next(model.parameters()))
     new = copy.deepcopy(model)
     torchvision_stages(new)[stage].insert(index, block.train(model.training))
     return _finish(new, model)
