@@ -30,6 +30,7 @@ from functools import partial
 import incres.train
 from incres.cli import main
 event, epoch, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal: a background job inherits SIGINT ignored
 def stop(name, trainer):
     if name == event and trainer.counters['epoch'] == epoch: os.kill(os.getpid(), sig)
 incres.train.run = partial(incres.train.run, callbacks=[stop])
