@@ -1,33 +1,54 @@
 # The README's two commands: `make repro` (the main job) and `make test` (the test suite).
-# Both create or update the local virtual environment .venv first; a stamp file makes
-# re-runs skip the install unless the dependency declarations changed.
+# Both create or update the local virtual environment .venv first, from the lock file (every package at an exact
+# version; `make lock` regenerates it); a stamp file makes re-runs skip the install unless the dependency
+# declarations or the lock changed.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# pip's local mirrors print one warning per missing index entry; keep the log readable.
-QUIET_PIP := grep -v '^WARNING: Location' || true
+# pip's local mirrors print one warning per missing index entry; keep the log readable (pip's own exit status
+# still fails the recipe: pipefail).
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+# The dev environment (settings.ini: requirements + dev_requirements), every package pinned; made by pip-compile.
+LOCK := requirements.lock
+# torch and torchvision at the releases the development machines hold (a newer torch cannot be installed there).
+LOCK_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: system venv test test-notebooks test-python check-sync test-slow repro data bench export clean-nbs
+.PHONY: system venv lock test test-notebooks test-python check-sync test-slow repro data bench export clean-nbs
 
-$(STAMP): settings.ini setup.py pyproject.toml
+# pip first (at the lock's version), then every locked package, then incres itself without dependencies, built
+# with the locked setuptools.
+$(STAMP): settings.ini setup.py pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q "$$(grep -E '^pip==' $(LOCK))" 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -r $(LOCK) 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c 'import incres, torch, nbdev, papermill, dvc'
 	touch $@
 
 venv: $(STAMP)
+
+## Regenerate the lock from settings.ini with pip-compile (pip-tools), keeping the locked versions that still fit;
+## `make lock UPGRADE=1` moves every package to its newest allowed release. Commit the result.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip-compile || \
+	  $(BIN)/pip install -q "$$(grep -sE '^pip-tools==' $(LOCK) || echo pip-tools)" 2>&1 | $(QUIET_PIP)
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile -q --extra dev --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) $(addprefix -P ,$(LOCK_PINS)) \
+	  -o $(LOCK) setup.py 2>&1 | $(QUIET_PIP)
 
 ## System packages the tests and the pipeline use, from Debian (installed only when missing and possible):
 ## headless Chromium for the report's browser test, the official Fashion-MNIST files.
 system:
 	@if ! command -v chromium >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y -q chromium dataset-fashion-mnist >/dev/null 2>&1 || echo "warning: apt-get install chromium dataset-fashion-mnist failed"; \
-	  else echo "note: install chromium and dataset-fashion-mnist (Debian) for the browser test and offline Fashion-MNIST"; fi; \
+	    apt-get install -y -q chromium dataset-fashion-mnist >/dev/null 2>&1 || \
+	      echo "warning: apt-get install chromium dataset-fashion-mnist failed"; \
+	  else echo "note: install chromium and dataset-fashion-mnist (Debian) for the browser test and offline" \
+	    "Fashion-MNIST"; fi; \
 	fi
 
 ## Tests: notebooks and package in sync, notebooks as tests, then the pytest suite.
@@ -52,7 +73,8 @@ test-slow: $(STAMP)
 # Offline CIFAR-10 source when torchvision's download is unreachable: override with
 # `make repro CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz`; by default the JPEG copy beside this checkout
 # (../shared/datasets, the location incres looks at itself) or on the development machines (/work/shared/datasets).
-CIFAR10_SOURCE ?= $(firstword $(wildcard ../shared/datasets/cifar10-jpg.tar.gz /work/shared/datasets/cifar10-jpg.tar.gz))
+CIFAR10_SOURCE ?= $(firstword \
+  $(wildcard ../shared/datasets/cifar10-jpg.tar.gz /work/shared/datasets/cifar10-jpg.tar.gz))
 
 data: $(STAMP) system
 	$(BIN)/incres data prepare fashion_mnist --if-missing
