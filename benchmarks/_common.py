@@ -2,10 +2,8 @@
 the time and the command, so that a result file can be read, and doubted, without knowing where it came from), and
 the choice of clock."""
 import contextlib
-import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -14,18 +12,9 @@ from pathlib import Path
 import torch
 
 from incres.io import atomic_write
+from incres.provenance import cpu_model, machine_record  # noqa: F401 (cpu_model: scripts may import it from here)
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
-
-
-def cpu_model() -> str:
-    "The CPU's model name from /proc/cpuinfo (Linux), else whatever `platform` knows."
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
 
 
 def load_average() -> list | None:
@@ -34,30 +23,30 @@ def load_average() -> list | None:
     except (AttributeError, OSError): return None
 
 
-def machine_info() -> dict:
-    info = {'platform': platform.platform(), 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
-            'python': platform.python_version(), 'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+def machine_info(device=None, precision=None) -> dict:
+    """`incres.provenance.machine_record` (CPU model and flags, torch, oneDNN, threads, device, precision, Python,
+    UTC date, the lock's sha256) plus the command line, the load average and, with CUDA, the GPU and TF32 switches."""
+    info = {**machine_record(device, precision),
             'command': shlex.join(getattr(sys, 'orig_argv', [sys.executable] + sys.argv)),
             'load_average': load_average()}
-    if hasattr(os, 'sched_getaffinity'): info['cpus_usable'] = len(os.sched_getaffinity(0))
     if torch.cuda.is_available():
         info['cuda_device'] = torch.cuda.get_device_name()
         info['cuda_tf32'] = {'matmul': torch.backends.cuda.matmul.allow_tf32, 'cudnn': torch.backends.cudnn.allow_tf32}
     return info
 
 
-def write_results(name: str, results: dict, results_dir: Path = RESULTS_DIR) -> Path:
-    "Write `results` plus `machine_info()` to <results_dir>/<name>.json atomically (`incres.io.atomic_write`)."
+def write_results(name: str, results: dict, results_dir: Path = RESULTS_DIR, device=None, precision=None) -> Path:
+    """Write `results` plus `machine_info(device, precision)` to <results_dir>/<name>.json atomically
+    (`incres.io.atomic_write`)."""
     # a reader never sees half a file, and a crash leaves the previous result intact
-    text = json.dumps({'machine': machine_info(), **results}, indent=2) + '\n'
+    text = json.dumps({'machine': machine_info(device, precision), **results}, indent=2) + '\n'
     return atomic_write(Path(results_dir) / f'{name}.json', text)
 
 
 CLOCKS = ('wall', 'cpu')
 CLOCK_HELP = ("'wall': elapsed seconds (what a user waits); 'cpu': CPU seconds of this process (time.process_time), "
-              "much less disturbed by other jobs on a shared machine, meaningful with --threads 1 (with more threads it "
-              "also counts threads waiting for each other)")
+              "much less disturbed by other jobs on a shared machine, meaningful with --threads 1 (with more threads "
+              "it also counts threads waiting for each other)")
 
 
 _clock = time.perf_counter  # the clock `clock` selected; every timer here is given `now`
