@@ -16,7 +16,8 @@ LOCK := requirements.lock
 # torch and torchvision at the releases the development machines hold (a newer torch cannot be installed there).
 LOCK_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: system venv lock test test-notebooks test-python check-sync test-slow repro data bench export clean-nbs
+.PHONY: system venv lock plots-template test test-notebooks test-python check-sync test-slow repro data bench export \
+  clean-nbs
 
 # pip first (at the lock's version), then every locked package, then incres itself without dependencies, built
 # with the locked setuptools.
@@ -92,6 +93,11 @@ bench: $(STAMP) data
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/mfu.py
 	$(BIN)/python benchmarks/compute_to_accuracy.py
+
+## The page `dvc plots show` writes draws offline: its template (.dvc/plots/offline/index.html, .dvc/config) carries
+## vega, vega-lite and vega-embed inline. Rebuild it (npm registry) when dvc-render moves to other versions of them.
+plots-template: $(STAMP)
+	$(BIN)/python .dvc/plots/offline/build.py
 
 ## Developer helpers.
 export: $(STAMP)
