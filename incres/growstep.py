@@ -14,11 +14,12 @@ from torch import nn
 from .compute import Stopwatch, count_flops
 from .data import derive_seed
 from .distributed import broadcast_state
-from .growth import GROWTH_INITS, WIDEN_INITS, grow_depth, widen
+from .growth import COPY_SCALED, GROWTH_INITS, WIDEN_INITS, copy_source, grow_depth, widen
 from .network import Network
 
 # %% auto #0
-__all__ = ['param_groups', 'make_optimizer', 'optimizer_groups', 'insertion_renames', 'carry_state', 'probe', 'grow']
+__all__ = ['param_groups', 'make_optimizer', 'optimizer_groups', 'insertion_renames', 'carry_state', 'copy_state', 'probe',
+           'grow']
 
 # %% ../nbs/15_growstep.ipynb #27e51e14
 def _param_unit(name: str):
@@ -85,6 +86,27 @@ def carry_state(old_opt, old_network: Network, new_opt, new_network: Network, re
             moved += 1
     return moved
 
+# %% ../nbs/15_growstep.ipynb #28a9a151
+def copy_state(optimizer, network: Network, inserts, sources, copy_scale: float) -> int:
+    """Give every block inserted by `init='copy'` a clone of its source block's optimiser state, and multiply the
+    momentum of the `COPY_SCALED` parameters of both by `copy_scale`; returns how many parameters got state."""
+    params, moved = dict(network.named_parameters()), 0
+    def final(stage, j, k):  # block j of `stage` right after insertion k, renamed through the later insertions
+        name = f'net.stages.{stage}.{j}'
+        return insertion_renames([name], inserts[k + 1:])[name]
+    for k, ((stage, index), source) in enumerate(zip(inserts, sources)):
+        if source is None: continue
+        src, new = final(stage, source + (source >= index), k), final(stage, index, k)
+        for suffix in [n[len(src) + 1:] for n in params if n.startswith(src + '.')]:
+            state = optimizer.state.get(params[f'{src}.{suffix}'])
+            if not state: continue  # the source has no state yet: neither has the copy
+            buf = state.get('momentum_buffer')
+            if suffix in COPY_SCALED and torch.is_tensor(buf): buf.mul_(copy_scale)
+            optimizer.state[params[f'{new}.{suffix}']] = {key: (v.clone() if torch.is_tensor(v) else v)
+                                                           for key, v in state.items()}
+            moved += 1
+    return moved
+
 # %% ../nbs/15_growstep.ipynb #283ab0da
 @torch.no_grad()
 def probe(network: Network, x: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -97,8 +119,10 @@ def probe(network: Network, x: torch.Tensor, y: torch.Tensor) -> tuple:
 
 # %% ../nbs/15_growstep.ipynb #bb5806a8
 def _apply_operators(net, plan, calibration, seed: int) -> tuple:
-    "`(grown ResNet, FLOPs, ops)`: the widenings, then the insertions, of `plan` applied to `net`."
-    settings, flops, ops = plan.settings, 0, []
+    """`(grown ResNet, FLOPs, ops, sources)`: the widenings, then the insertions, of `plan` applied to `net`;
+    `sources[k]`: the block insertion k copied (`init='copy'`), else None."""
+    settings, flops, ops, sources = plan.settings, 0, [], []
+    copy_scale = settings.get('copy_scale', 0.5)
     for k, (stage, width) in enumerate(plan.widens):
         data = calibration if WIDEN_INITS[settings['widen_init']].needs_data else None
         f, net = count_flops(widen, net, stage, width, init=settings['widen_init'], data=data,
@@ -106,10 +130,12 @@ def _apply_operators(net, plan, calibration, seed: int) -> tuple:
         flops += f; ops.append(f"widen(stage={stage}, width={width}, init={settings['widen_init']})")
     for k, (stage, index) in enumerate(plan.inserts):
         data = calibration if GROWTH_INITS[settings['init']].needs_data else None
+        sources.append(copy_source(net, stage, index) if settings['init'] == 'copy' else None)
         f, net = count_flops(grow_depth, net, stage, index, init=settings['init'], data=data,
-                             generator=derive_seed(seed, plan.index, 1, k))
-        flops += f; ops.append(f"grow_depth(stage={stage}, index={index}, init={settings['init']})")
-    return net, flops, ops
+                             generator=derive_seed(seed, plan.index, 1, k), copy_scale=copy_scale)
+        scale = f", copy_scale={copy_scale:g}" if settings['init'] == 'copy' else ''
+        flops += f; ops.append(f"grow_depth(stage={stage}, index={index}, init={settings['init']}{scale})")
+    return net, flops, ops, sources
 
 # %% ../nbs/15_growstep.ipynb #4096c203
 def grow(network: Network, optimizer, plan, births, optim: dict, calibration: tuple, seed: int = 0,
@@ -125,12 +151,13 @@ def grow(network: Network, optimizer, plan, births, optim: dict, calibration: tu
             flops, ops = 0, [f"activate blocks {old['active'] + 1}..{plan.active_blocks}"]
             new, new_opt = network, optimizer
         else:
-            net, flops, ops = _apply_operators(network.net, plan, x, seed)
+            net, flops, ops, sources = _apply_operators(network.net, plan, x, seed)
             new = Network(net, None, plan.active_blocks).to(device, memory_format=memory_format)
             broadcast_state(new)
             new_opt = make_optimizer(new, param_groups(new, births, optim), optim, device)
             renames = insertion_renames([n for n, _ in network.named_parameters()], plan.inserts)
             carry_state(optimizer, network, new_opt, new, renames)
+            copy_state(new_opt, new, plan.inserts, sources, plan.settings.get('copy_scale', 0.5))
     after = probe(new, x, y)
     settings = plan.settings
     event = {'phase': plan.index, 'ops': ops, 'init': settings['init'] if plan.inserts else None,

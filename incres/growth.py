@@ -18,8 +18,8 @@ from torch import nn
 from .resnet import BasicBlock, ChannelMapShortcut, PlainLayer, ProjectionShortcut, ResNet, init_weights
 
 # %% auto #0
-__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'GrowthInit', 'function_gap',
-           'insertion_points', 'grow_depth', 'widen']
+__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'COPY_SCALED', 'GrowthInit',
+           'function_gap', 'insertion_points', 'copy_source', 'grow_depth', 'widen']
 
 # %% ../nbs/01_growth.ipynb #04e47a93
 PRESERVES = ('exact', 'approx', 'no')
@@ -32,16 +32,19 @@ class GrowthInit:
     preserves_function: str  # one of PRESERVES
     needs_data: bool         # needs a calibration batch `data`
     doc: str
+    edits_model: bool = False  # also changes blocks already in the model (`copy` rescales the block it copies)
 
 GROWTH_INITS: dict[str, GrowthInit] = {}
 WIDEN_INITS: dict[str, GrowthInit] = {}
 _BUILDERS: dict[tuple[str, str], Callable] = {}  # (operator, init name) -> function building the new module(s)
 
-def _register(registry: dict, operator_name: str, name: str, source: str, preserves_function: str, needs_data: bool = False):
+def _register(registry: dict, operator_name: str, name: str, source: str, preserves_function: str,
+              needs_data: bool = False, edits_model: bool = False):
     "Decorator: register the decorated builder under `name`, with its docstring as `doc`."
     assert preserves_function in PRESERVES
     def decorate(fn):
-        registry[name] = GrowthInit(name, source, preserves_function, needs_data, inspect.cleandoc(fn.__doc__))
+        registry[name] = GrowthInit(name, source, preserves_function, needs_data, inspect.cleandoc(fn.__doc__),
+                                    edits_model)
         _BUILDERS[operator_name, name] = fn
         return fn
     return decorate
@@ -253,6 +256,49 @@ def _dils_approx_layer(width, features, generator, like):
     _undo_own_normalisation(layer.bn, layer.conv(features))
     return layer
 
+# %% ../nbs/01_growth.ipynb #581e1ce6
+COPY_SCALED = ('bn2.weight', 'bn2.bias')  # what `copy` multiplies by copy_scale, in the copy and in its source
+_COPY_SOURCE = ('copy the neighbouring block, both residual branches scaled by s: Chang, Meng, Haber, Tung & Begert, '
+                '"Multi-level Residual Networks from Dynamical Systems View", ICLR 2018 (s = 1/2); Dong, Liu, Li & '
+                'Shang, "Towards Adaptive Residual Network Training: A Neural-ODE Perspective", ICML 2020 (LipGrow, '
+                's = 1/sqrt(2))')
+
+def _copyable(block: nn.Module) -> bool:
+    return isinstance(block, BasicBlock) and _keeps_shape(block) and isinstance(block.shortcut, nn.Identity)
+
+def copy_source(model: ResNet, stage: int, index: int | None = None) -> int:
+    """Index (in `model`, before the insertion) of the block that `grow_depth(model, stage, index, init='copy')` copies:
+    the nearest shape-keeping BasicBlock of the stage, the one just before the insertion point first."""
+    stage, index = _check_position(model, stage, index)
+    blocks = _stages(model)[stage]
+    near = sorted(range(len(blocks)), key=lambda j: (index - 1 - j, 0) if j < index else (j - index, 1))
+    for j in near:
+        if _copyable(blocks[j]): return j
+    raise ValueError(f"init='copy' needs a block of the same shape in stage {stage} to copy; use init='zero' "
+                     f"(stage {stage} has no shape-keeping BasicBlock: a downsampling block changes the shape)")
+
+# %% ../nbs/01_growth.ipynb #3d2419a9
+@_register(GROWTH_INITS, 'depth', 'copy', _COPY_SOURCE, 'approx', edits_model=True)
+def _copy_block(model, stage, index, generator, copy_scale):
+    """A copy of a neighbouring block of the stage (`copy_source`): convolutions, BatchNorm parameters and running
+    statistics. The residual branches of the copy and of its source are both scaled by `copy_scale` = s (their last
+    BatchNorm's γ and β, which scales the branch output exactly, in train and eval mode). Where the source computed
+    x + f(x), the pair computes x + s f(x) + s f(x + s f(x)) (before the ReLUs): for s = 1/2 the same to first
+    order in f, for s = 1/√2 (LipGrow) not even that; exact only where f = 0. Changes the source block."""
+    source = model.stages[stage][copy_source(model, stage, index)]
+    for name in COPY_SCALED: source.get_parameter(name).mul_(copy_scale)
+    return copy.deepcopy(source)
+
+@_register(GROWTH_INITS, 'depth', 'gaussian_bn',
+           'Wen, Yan, Chen & Li, "AutoGrow: Automatic Layer Growing in Deep Convolutional Networks", '
+           'KDD 2020 (GauInit)', 'no')
+def _gaussian_bn_block(width, features, generator, like):
+    """A fresh He-initialised BasicBlock whose last BatchNorm's γ and β are drawn from N(0, 1) (from `generator`).
+    Changes the function: the new branch adds γ·x̂ + β, of the order of the features themselves."""
+    block = _fresh(BasicBlock(width, width), generator, like)
+    for p in (block.bn2.weight, block.bn2.bias): p.copy_(torch.randn(width, generator=generator))
+    return block
+
 # %% ../nbs/01_growth.ipynb #a7106735
 def _is_channels_last(model: nn.Module) -> bool:
     "Whether the model's convolution weights are stored channels-last (judged on one whose layout is unambiguous)."
@@ -266,12 +312,21 @@ def _finish(new: ResNet, old: ResNet) -> ResNet:
     for p in new.parameters(): p.grad = None
     return new.to(memory_format=torch.channels_last) if _is_channels_last(old) else new
 
+def _check_copy_scale(copy_scale) -> float:
+    try: s = float(copy_scale)
+    except (TypeError, ValueError): s = float('nan')
+    if not 0 < s <= 1:
+        raise ValueError(f"copy_scale must be a number in (0, 1] (0.5: Chang et al. 2018; 1/sqrt(2) = 0.7071: "
+                         f"LipGrow), got {copy_scale!r}")
+    return s
+
 def grow_depth(model: ResNet, stage: int, index: int | None = None, init: str = 'zero',
-               data: torch.Tensor | None = None, generator=None) -> ResNet:
+               data: torch.Tensor | None = None, generator=None, copy_scale: float = 0.5) -> ResNet:
     """A copy of `model` with one more block at position `index` of `stage` (default: its end).
 
     `init` is one of `GROWTH_INITS`; `data` (a batch of normalised input images N×C×H×W) is needed by those
-    with `needs_data`. `generator`: None, an int seed or a CPU torch.Generator. The input model is untouched.
+    with `needs_data`. `generator`: None, an int seed or a CPU torch.Generator. `copy_scale` (in (0, 1]; used by
+    `init='copy'`) scales the residual branches of the copied block and its copy. The input model is untouched.
     A torchvision ResNet grows by `incres.tvresnet.grow_torchvision_depth` (inits `zero` and `random`)."""
     if not isinstance(model, ResNet):
         from incres.tvresnet import as_torchvision, grow_torchvision_depth
@@ -282,11 +337,12 @@ def grow_depth(model: ResNet, stage: int, index: int | None = None, init: str = 
     if spec.needs_data and data is None:
         raise ValueError(f"init {init!r} needs data= a calibration batch of input images N×{model.in_channels}×H×W; "
                          f"inits without data: {[k for k, v in GROWTH_INITS.items() if not v.needs_data]}")
-    generator = _as_generator(generator)
+    generator, copy_scale = _as_generator(generator), _check_copy_scale(copy_scale)
     features = _features_at(model, stage, index, data) if spec.needs_data else None
+    new, build = copy.deepcopy(model), _BUILDERS['depth', init]
     with torch.random.fork_rng(devices=[], enabled=generator is not None), torch.no_grad():  # a seed leaves the global RNG alone
-        layer = _BUILDERS['depth', init](model.widths[stage], features, generator, next(model.parameters()))
-    new = copy.deepcopy(model)
+        if spec.edits_model: layer = build(new, stage, index, generator, copy_scale)
+        else: layer = build(model.widths[stage], features, generator, next(model.parameters()))
     new.stages[stage].insert(index, layer.train(model.training))
     return _finish(new, model)
 

@@ -101,6 +101,9 @@ def test_growth_composes(net, data, size, seed):
 def test_every_init_is_deterministic_and_trainable(net, data, init, seed):
     stage, index = data.draw(positions(net))
     x = random_images(3, net.in_channels, seed=seed)
+    if init == 'copy' and not any(b.stride == 1 and b.in_channels == b.out_channels for b in net.stages[stage]):
+        with pytest.raises(ValueError, match='needs a block of the same shape'): grow_depth(net, stage, index, init)
+        return  # nothing to copy (see tests/test_copy_init.py)
     a = grow_depth(net, stage, index, init, data=x, generator=seed)
     b = grow_depth(net, stage, index, init, data=x, generator=seed)
     assert_same_state(a, b)
@@ -126,6 +129,10 @@ def test_bad_arguments_raise_value_error(net, data):
     with pytest.raises(ValueError, match="init must be one of \\['net2net'"): widen(net, stage, 9, bad_init)
     needs = data.draw(st.sampled_from([k for k, v in GROWTH_INITS.items() if v.needs_data]))
     with pytest.raises(ValueError, match='needs data='): grow_depth(net, stage, None, needs)
+    bad_scale = data.draw(st.floats(allow_nan=True).filter(lambda v: not 0 < v <= 1) | st.sampled_from([None, 'half']))
+    no_data = data.draw(st.sampled_from([k for k, v in GROWTH_INITS.items() if not v.needs_data]))
+    with pytest.raises(ValueError, match=r'copy_scale must be a number in \(0, 1\]'):
+        grow_depth(net, stage, None, no_data, copy_scale=bad_scale)
 
 
 def fixed_net(shortcut='A'):
@@ -186,6 +193,9 @@ def test_registries_document_every_init():
         for name, spec in registry.items():
             assert spec.name == name and spec.source and spec.doc
             assert spec.preserves_function in ('exact', 'approx', 'no')
-    assert list(GROWTH_INITS) == ['zero', 'both_zero', 'random', 'net2deeper', 'dils_analytic', 'dils_approx']
+    assert list(GROWTH_INITS) == ['zero', 'both_zero', 'random', 'net2deeper', 'dils_analytic', 'dils_approx', 'copy',
+                                  'gaussian_bn']
     assert list(WIDEN_INITS) == ['net2net', 'random']
     assert {k for k, v in GROWTH_INITS.items() if v.needs_data} == {'net2deeper', 'dils_analytic', 'dils_approx'}
+    assert {k for k, v in GROWTH_INITS.items() if v.edits_model} == {'copy'}
+    assert not any(v.edits_model for v in WIDEN_INITS.values())
