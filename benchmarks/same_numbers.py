@@ -42,7 +42,7 @@ def clock_free(run_dir: Path, metrics: dict) -> dict:
     history = pd.read_csv(run_dir/'history.csv')
     events = [json.loads(line) for line in (run_dir/'events.jsonl').read_text().splitlines()]
     weights = torch.load(run_dir/'model.pt', weights_only=True)['state_dict']
-    return {'metrics': {k: v for k, v in metrics.items() if 'second' not in k},
+    return {'metrics': {k: v for k, v in metrics.items() if 'second' not in k and k != 'machine'},
             'history': history[[c for c in history.columns if 'seconds' not in c]].to_csv(index=False),
             'steps': (run_dir/'steps.csv').read_text(),
             'events': [{k: v for k, v in e.items() if 'seconds' not in k} for e in events],

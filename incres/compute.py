@@ -13,11 +13,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .provenance import cpu_info
+
 _aten = torch.ops.aten
 
 # %% auto #0
-__all__ = ['LINALG_FLOPS', 'flop_counter', 'count_flops', 'train_step_flops', 'forward_flops', 'FlopLedger', 'synchronize',
-           'Stopwatch', 'tensor_nbytes', 'format_bytes', 'check_memory', 'matmul_flops_per_second']
+__all__ = ['LINALG_FLOPS', 'BF16_CPU_FLAGS', 'flop_counter', 'count_flops', 'train_step_flops', 'forward_flops', 'FlopLedger',
+           'synchronize', 'Stopwatch', 'tensor_nbytes', 'format_bytes', 'check_memory', 'native_bf16',
+           'matmul_flops_per_second']
 
 # %% ../nbs/05_compute.ipynb #0746e003
 def _batch(shape) -> int:
@@ -146,6 +149,15 @@ def check_memory(nbytes: int, budget_bytes: float, what: str, fix: str = '') -> 
     if nbytes > budget_bytes:
         raise ValueError(f"{what} needs {format_bytes(nbytes)}, more than the memory budget of {format_bytes(budget_bytes)}"
                          + (f"; {fix}" if fix else ''))
+
+# %% ../nbs/05_compute.ipynb #28986277
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+
+def native_bf16(device) -> bool:
+    "Whether `device` computes bf16 natively (not emulated): a CUDA GPU with bf16, or a CPU with AVX-512 BF16 / AMX."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == 'cpu' and bool(set(cpu_info()[1]) & set(BF16_CPU_FLAGS))  # flags: incres.provenance
 
 # %% ../nbs/05_compute.ipynb #39a9e6a6
 def matmul_flops_per_second(device='cpu', n: int = 1024, dtype=torch.float32, min_seconds: float = 0.5,

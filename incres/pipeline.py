@@ -103,7 +103,8 @@ def run_experiment(params: dict, dataset: str, strategy: str, out_dir, models_di
         rows.append({'run': r['name'], 'variant': r['variant'], **metrics})
     first = pd.read_csv(out_dir/'logs'/runs[0]['name']/'history.csv')
     atomic_write(out_dir/'curve.csv', first[['epoch', 'train_flops', 'train_seconds', 'test_acc']].to_csv(index=False))
-    summary = {'strategy': strategy, 'dataset': dataset, 'profile': params['profile'], **_summary(rows)}
+    summary = {'strategy': strategy, 'dataset': dataset, 'profile': params['profile'], **_summary(rows),
+               'machine': rows[-1].get('machine')}  # the machine and software of the last run (incres.provenance)
     atomic_write(out_dir/'metrics.json', json.dumps(summary, indent=2) + '\n')
     return pd.DataFrame(rows)
 

@@ -15,10 +15,10 @@ import yaml
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'RECIPES', 'RECIPE_SOURCES', 'GROWTH_PARAMS', 'COMMON_PARAMS', 'STRATEGIES', 'PHASE_DEFAULTS', 'POSITIONS',
-           'TRAINABLE', 'LR_AT_GROWTH', 'SCHEDULES', 'AUX_MODES', 'CHECKS', 'PARAM_CHECKS', 'DEFAULT_ARCH',
-           'TORCHVISION_WIDTH', 'TORCHVISION_MODEL_CHECKS', 'Strategy', 'final_stage_depths', 'stage_widths', 'merge',
-           'torchvision_arch', 'parse_override', 'apply_overrides', 'load_config', 'resolve_config', 'PhasePlan',
-           'plan_phases', 'schedule_factor', 'learning_rate']
+           'TRAINABLE', 'LR_AT_GROWTH', 'HOLD_FINAL_FRACTION', 'SCHEDULES', 'AUX_MODES', 'CHECKS', 'PARAM_CHECKS',
+           'GROW_WHEN', 'DEFAULT_ARCH', 'TORCHVISION_WIDTH', 'TORCHVISION_MODEL_CHECKS', 'Strategy',
+           'final_stage_depths', 'stage_widths', 'merge', 'torchvision_arch', 'parse_override', 'apply_overrides',
+           'load_config', 'resolve_config', 'PhasePlan', 'plan_phases', 'schedule_factor', 'learning_rate']
 
 # %% ../nbs/06_strategies.ipynb #405574c0
 DEFAULTS = {
@@ -46,7 +46,7 @@ RECIPE_SOURCES = {'he2016': 'He, Zhang, Ren & Sun, "Deep Residual Learning for I
 GROWTH_PARAMS = {'start_depths': None, 'start_width': None, 'grow_epochs': None, 'grow_by': 0.5, 'blocks_per_growth': 1,
                  'init': 'zero', 'widen_init': 'net2net', 'position': 'end', 'trainable': 'all', 'new_only_epochs': 1,
                  'train_head': True, 'lr_at_growth': 'continue', 'rewarm_epochs': 1.0, 'lr_scale': 1.0,
-                 'new_lr_scale': 1.0}
+                 'new_lr_scale': 1.0, 'copy_scale': 0.5, 'grow_when': None}
 COMMON_PARAMS = {'calibration_batches': 1}
 
 @dataclass
@@ -69,11 +69,13 @@ def _strategy(name, doc, source, params):
 # %% ../nbs/06_strategies.ipynb #560b749b
 PHASE_DEFAULTS = {'epochs': None, 'stage_depths': None, 'widths': None, 'active_blocks': None, 'init': 'zero',
                   'widen_init': 'net2net', 'position': 'end', 'trainable': 'all', 'new_only_epochs': 0,
-                  'train_head': True, 'lr': 'continue', 'rewarm_epochs': 0.0, 'lr_scale': 1.0, 'new_lr_scale': 1.0}
+                  'train_head': True, 'lr': 'continue', 'rewarm_epochs': 0.0, 'lr_scale': 1.0, 'new_lr_scale': 1.0,
+                  'copy_scale': 0.5}
 POSITIONS = ('end', 'front', 'spread')
 TRAINABLE = ('all', 'new', 'new_then_all')
-LR_AT_GROWTH = ('continue', 'rewarm', 'restart')
-SCHEDULES = ('step', 'cosine', 'onecycle', 'constant')
+LR_AT_GROWTH = ('continue', 'rewarm', 'restart', 'hold')
+HOLD_FINAL_FRACTION = 0.4  # lr=hold: the final network decays to zero over at least this share of the epochs
+SCHEDULES = ('step', 'cosine', 'linear', 'onecycle', 'constant')
 AUX_MODES = ('greedy', 'dgl')
 
 def final_stage_depths(model: dict) -> list:
@@ -131,7 +133,10 @@ def _growth_phases(cfg, p):
     if any(not isinstance(e, int) for e in grow) or any(b >= c for b, c in zip(bounds, bounds[1:])):
         raise ValueError(f"growth epochs {grow} must be increasing integers strictly between 0 and train.epochs={epochs} "
                          f"(every phase needs at least one epoch); {_plural(n_growths, 'growth')} need train.epochs >= {n_growths + 1}")
-    phases = [_phase(epochs=grow[0], stage_depths=depths[0], widths=start_widths)]
+    hold = p['lr_at_growth'] == 'hold'  # the peak is held from the first epoch, not only after growth
+    if p['grow_when'] and p['grow_when']['metric'] == 'val_acc' and not cfg['dataset']['val_size']:
+        raise ValueError("strategy.grow_when.metric: val_acc needs a validation split: set dataset.val_size > 0")
+    phases = [_phase(epochs=grow[0], stage_depths=depths[0], widths=start_widths, lr='hold' if hold else 'continue')]
     for g in range(1, n_growths + 1):
         phases.append(_phase(epochs=bounds[g + 1] - bounds[g], stage_depths=depths[g], widths=final_widths,
                              init=p['init'], widen_init=p['widen_init'], position=p['position'],
@@ -139,7 +144,7 @@ def _growth_phases(cfg, p):
                              new_only_epochs=p['new_only_epochs'] if p['trainable'] == 'new_then_all' else 0,
                              train_head=p['train_head'], lr=p['lr_at_growth'],
                              rewarm_epochs=p['rewarm_epochs'] if p['lr_at_growth'] == 'rewarm' else 0.0,
-                             lr_scale=p['lr_scale'], new_lr_scale=p['new_lr_scale']))
+                             lr_scale=p['lr_scale'], new_lr_scale=p['new_lr_scale'], copy_scale=p['copy_scale']))
     return phases, None
 
 _strategy('incremental', "Start shallow and grow at given epochs with any depth init of the growth registry "
@@ -263,7 +268,7 @@ CHECKS = {
               'pct_start': _num(float, 0, 0.999, lo_open=True), 'div_factor': _num(float, 1),
               'final_div_factor': _num(float, 1), 'fused': _choice('auto', True, False)},
     'train': {'epochs': _num(int, 1), 'seed': _num(int, 0), 'device': _device, 'channels_last': _bool,
-              'amp_bf16': _bool, 'compile': _bool, 'eval_every': _num(int, 1), 'progress': _choice('auto', True, False),
+              'amp_bf16': _choice('auto', True, False), 'compile': _bool, 'eval_every': _num(int, 1), 'progress': _choice('auto', True, False),
               'log_every': _num(int, 1), 'checkpoint': _bool, 'save_model': _bool,
               'interrupt_after_epoch': _num(int, 1, optional=True)},
     'compute': {'cache_features': _choice('auto', True, False), 'cache_dtype': _choice('float32', 'bfloat16'),
@@ -276,9 +281,23 @@ PARAM_CHECKS = {
     'position': _choice(*POSITIONS), 'trainable': _choice(*TRAINABLE), 'new_only_epochs': _num(int, 0),
     'train_head': _bool, 'lr_at_growth': _choice(*LR_AT_GROWTH), 'rewarm_epochs': _num(float, 0),
     'lr_scale': _num(float, 0, lo_open=True), 'new_lr_scale': _num(float, 0, lo_open=True),
-    'calibration_batches': _num(int, 1), 'hidden_layers': _num(int, 0, 8), 'epochs_per_block': _num(int, 1, optional=True),
+    'copy_scale': _num(float, 0, 1, lo_open=True), 'grow_when': lambda v, w: _grow_when(v, w), 'calibration_batches': _num(int, 1), 'hidden_layers': _num(int, 0, 8), 'epochs_per_block': _num(int, 1, optional=True),
     'ensemble_base': _num(float, 1), 'aux': _optional_dict,
 }
+
+GROW_WHEN = {'metric': 'train_loss', 'window': 1, 'threshold': None}
+
+def _grow_when(v, where):
+    "The automatic growth policy (`incres.policy`): null, or {metric, window, threshold}."
+    if v is None: return None
+    if not isinstance(v, dict): _fail(where, 'null or a mapping {metric: train_loss, window: 1, threshold: 0.05}', v)
+    for k in v:
+        if k not in GROW_WHEN: _unknown(k, GROW_WHEN, where + '.')
+    from incres.policy import GROW_METRICS
+    v = {**GROW_WHEN, **v}
+    return {'metric': _choice(*GROW_METRICS)(v['metric'], where + '.metric'),
+            'window': _num(int, 1)(v['window'], where + '.window'),
+            'threshold': _num(float, 0, lo_open=True)(v['threshold'], where + '.threshold')}
 
 def _growth_init(v, where):
     from incres.growth import GROWTH_INITS
@@ -391,6 +410,7 @@ def _check_phases(phases, aux, cfg) -> list:
         ph['rewarm_epochs'] = _num(float, 0)(ph['rewarm_epochs'], where + 'rewarm_epochs')
         ph['train_head'] = _bool(ph['train_head'], where + 'train_head')
         for key in ('lr_scale', 'new_lr_scale'): ph[key] = _num(float, 0, lo_open=True)(ph[key], where + key)
+        ph['copy_scale'] = _num(float, 0, 1, lo_open=True)(ph['copy_scale'], where + 'copy_scale')
         ph['active_blocks'] = _num(int, 1, optional=True)(ph['active_blocks'], where + 'active_blocks')
         grows = False
         if prev:
@@ -423,6 +443,7 @@ def _check_phases(phases, aux, cfg) -> list:
             raise ValueError(f"{where}active_blocks only applies to strategies with auxiliary heads (strategy.aux)")
         total += ph['epochs']
         out.append(ph)
+    _check_hold(out, total)
     last = out[-1]
     if last['stage_depths'] != final or last['widths'] != final_widths:
         raise ValueError(f"the last phase trains stage_depths={last['stage_depths']}, widths={last['widths']} but the model "
@@ -432,6 +453,18 @@ def _check_phases(phases, aux, cfg) -> list:
     if total != cfg['train']['epochs']:
         raise ValueError(f"the phases add up to {total} epochs but train.epochs is {cfg['train']['epochs']}; make them agree")
     return out
+
+def _check_hold(phases, total) -> None:
+    "lr=hold is a plan for the whole run: the peak through every growth phase, then a decay on the final network."
+    holds = [ph['lr'] == 'hold' for ph in phases]
+    if not any(holds): return
+    if not all(holds):
+        raise ValueError("strategy.phases: lr=hold must be set on every phase (it holds the peak until the final "
+                         "network and decays there); strategy.lr_at_growth: hold does that")
+    need = math.ceil(HOLD_FINAL_FRACTION * total)
+    if phases[-1]['epochs'] < need:
+        raise ValueError(f"lr=hold decays on the final network, which needs at least {need} of the {total} epochs "
+                         f"({HOLD_FINAL_FRACTION:.0%}), got {phases[-1]['epochs']}: grow earlier")
 
 def _check_aux(aux):
     if aux is None: return None
@@ -660,6 +693,8 @@ def schedule_factor(optim: dict, step: int, total_steps: int, steps_per_epoch: i
         if step <= up_end: lo, hi, pct = 1 / div, 1.0, step / up_end
         else: lo, hi, pct = 1.0, 1 / (div * final_div), (step - up_end) / (total_steps - 1 - up_end)
         factor = hi + (lo - hi) / 2 * (math.cos(math.pi * pct) + 1)
+    elif kind == 'linear':
+        factor = 1 - step / total_steps
     elif kind == 'constant': factor = 1.0
     else: raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {kind!r}")
     warmup = optim.get('warmup_epochs') or 0
@@ -673,7 +708,12 @@ def learning_rate(config: dict, plans: list, step: int, steps_per_epoch: int) ->
     epoch = step // steps_per_epoch
     plan = next((p for p in plans if p.start_epoch <= epoch < p.end_epoch), plans[-1])
     ph, start = plan.settings, plan.start_epoch * steps_per_epoch
-    if ph['lr'] == 'restart':
+    if ph['lr'] == 'hold' and plan is not plans[-1]:  # the peak (after any warm-up) until the final network
+        factor = schedule_factor({**optim, 'schedule': 'constant'}, step, 1, steps_per_epoch)
+    elif ph['lr'] == 'hold':  # the final network: the whole schedule over its own epochs, no second warm-up
+        warm = optim if plan.index == 0 else {**optim, 'warmup_epochs': 0}
+        factor = schedule_factor(warm, step - start, plan.epochs * steps_per_epoch, steps_per_epoch)
+    elif ph['lr'] == 'restart':
         factor = schedule_factor(optim, step - start, plan.epochs * steps_per_epoch, steps_per_epoch)
     else:
         factor = schedule_factor(optim, step, plans[-1].end_epoch * steps_per_epoch, steps_per_epoch)

@@ -30,8 +30,8 @@ def write_config(path, config: dict) -> Path:
 CLOCK = frozenset({'train_seconds', 'eval_seconds', 'growth_seconds', 'images_per_second', 'flops_per_second'})
 
 def without_clock(metrics: dict) -> dict:
-    "`metrics` without the clock-dependent keys (`CLOCK`)."
-    return {k: v for k, v in metrics.items() if k not in CLOCK}
+    "`metrics` without the clock-dependent keys (`CLOCK`) and the record of the machine (its date differs per run)."
+    return {k: v for k, v in metrics.items() if k not in CLOCK and k != 'machine'}
 
 # %% ../nbs/08_testing.ipynb #d25f9a1c
 def hand_flops_per_image(stage_depths=(1, 1, 1), width=4, size=16, channels=3, classes=10):

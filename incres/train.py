@@ -25,7 +25,7 @@ from torch import nn
 from .cache import FeatureCache, caching, check_cache_memory
 from .checkpoint import (RunInUse, RunLock, check_resume, clear_run_dir, data_fingerprint, load_checkpoint,
                                run_dir_state, save_checkpoint)
-from .compute import FlopLedger, Stopwatch, forward_flops, train_step_flops
+from .compute import FlopLedger, Stopwatch, forward_flops, native_bf16, train_step_flops
 from .data import derive_seed
 from .distributed import (all_reduce, any_rank, broadcast_object, broadcast_state, destroy_process_group, dist_env,
                           init_process_group, print_once, resolve_device, sum_over_ranks, watch_launcher)
@@ -33,6 +33,8 @@ from .growstep import grow, make_optimizer, optimizer_groups, param_groups
 from .heads import ensemble_hits
 from .io import WriteError, atomic_save, atomic_write, check_writable
 from .network import Network, TrainStep, configure_phase, make_net, network_spec
+from .policy import advance, should_grow
+from .provenance import machine_record
 from .resnet import n_params
 from .runlog import LiveLog, epoch_line, progress_bar, write_logs
 from .strategies import learning_rate, plan_phases, resolve_config
@@ -89,7 +91,8 @@ class Trainer:
         if batch % self.world:
             raise ValueError(f"dataset.batch_size={batch} must be divisible by the {self.world} processes "
                              "(each takes an equal share of every batch)")
-        self.amp_dtype = torch.bfloat16 if t['amp_bf16'] else None
+        bf16 = native_bf16(self.device) if t['amp_bf16'] == 'auto' else t['amp_bf16']  # auto: where it is native
+        self.amp_dtype = torch.bfloat16 if bf16 else None
         self.memory_format = torch.channels_last if t['channels_last'] else torch.contiguous_format
         self.ledger, self.cache, self.resumed_cache, self.steps = FlopLedger(), FeatureCache(), None, {}
         self.lock = self.live = self.bar = self.data_id = None
@@ -235,7 +238,7 @@ def _fresh_state(self: Trainer):
     self.counters = dict(epoch=0, step=0, step_flops=0, growth_flops=0, cache_flops=0, eval_flops=0,
                          train_seconds=0.0, eval_seconds=0.0, growth_seconds=0.0)
     self.history, self.events, self.step_losses = [], [], []
-    self.finished = False
+    self.finished, self.grown_early = False, {}
 
 @patch
 def _births(self: Trainer, plan):
@@ -250,6 +253,7 @@ def _state(self: Trainer) -> dict:
             'optimizer': self.opt.state_dict(), 'groups': optimizer_groups(self.opt, self.network),
             'phase': self.phase, 'counters': self.counters, 'history': self.history, 'events': self.events,
             'step_losses': self.step_losses, 'finished': self.finished, 'cache': self.cache.record(),
+            'grown_early': self.grown_early,
             'world_size': self.world, 'data': self.data_id,
             'rng': {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(),
                     'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
@@ -265,6 +269,8 @@ def _restore(self: Trainer, blob: dict):
     self.phase, self.counters, self.resumed_cache = blob['phase'], blob['counters'], blob['cache']
     self.history, self.events, self.step_losses = blob['history'], blob['events'], blob['step_losses']
     self.finished, self.data_id = blob['finished'], blob['data']
+    self.grown_early = blob.get('grown_early', {})  # phase -> the epoch it ended at, when the policy grew early
+    for phase, end in sorted(self.grown_early.items()): self.plans = advance(self.plans, phase, end)
     rng = blob['rng']
     torch.set_rng_state(rng['torch']); np.random.set_state(rng['numpy']); random.setstate(rng['python'])
     if rng['cuda'] is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng['cuda'])
@@ -281,6 +287,8 @@ def _epoch(self: Trainer, epoch: int):
     for e in self.events:
         if e['epoch'] == epoch and e['train_loss_after'] is None: e['train_loss_after'] = row['first_steps_loss']
     self.history.append(row)
+    if self._time_to_grow(epoch, plan):
+        self.grown_early[plan.index] = epoch + 1; self.plans = advance(self.plans, plan.index, epoch + 1)
     self.finished = epoch + 1 == self.total_epochs
     if self.main:
         if t['checkpoint'] or self.finished:
@@ -309,6 +317,25 @@ def _totals(self: Trainer) -> dict:
                 train_flops=self._train_flops(), step_flops=c['step_flops'], growth_flops=c['growth_flops'],
                 cache_flops=c['cache_flops'], eval_flops=c['eval_flops'], train_seconds=c['train_seconds'],
                 eval_seconds=c['eval_seconds'])
+
+# %% ../nbs/19_train.ipynb #e4e0eb76
+@patch
+def _time_to_grow(self: Trainer, epoch: int, plan) -> bool:
+    "Whether the growth policy ends `plan`'s phase after `epoch` (0-based), earlier than planned."
+    grow_when = self.cfg['strategy'].get('grow_when')
+    if not grow_when or plan.index + 1 == len(self.plans) or epoch + 1 >= plan.end_epoch: return False
+    rows = [r for r in self.history if r['phase'] == plan.index]
+    return should_grow(rows, grow_when, self._final_epoch_flops())
+
+@patch
+def _final_epoch_flops(self: Trainer) -> int:
+    "Training FLOPs of one epoch of the final network, all processes: the growth policy's unit of compute."
+    if getattr(self, '_unit_flops', None) is None:
+        final = self.plans[-1]
+        net = make_net(self.cfg['model'], final.stage_depths, final.widths, self.info.channels, self.info.num_classes)
+        x, y = torch.zeros(self.batch_size, *self.info.shape), torch.zeros(self.batch_size, dtype=torch.long)
+        self._unit_flops = self.flop_counter(TrainStep(Network(net, None, None)), x, y) * self.steps_per_epoch * self.world
+    return self._unit_flops
 
 # %% ../nbs/19_train.ipynb #2b313571
 @patch
@@ -499,7 +526,8 @@ def _metrics(self: Trainer) -> dict:
         'params': network.params, 'depth': network.depth, 'stage_depths': list(network.net.stage_depths),
         'widths': list(network.net.widths), 'epochs': c['epoch'], 'steps': c['step'],
         'growth_events': len(self.events), 'world_size': self.world, 'device': str(self.device),
-        'torch': torch.__version__}
+        'amp_bf16': self.amp_dtype is not None, 'torch': torch.__version__,
+        'machine': machine_record(self.device, self.amp_dtype or torch.float32)}  # where the numbers came from
     if network.aux is not None:
         metrics['head_accs'], metrics['ensemble_acc'] = last.get('test_head_accs'), last.get('test_ensemble_acc')
     return metrics

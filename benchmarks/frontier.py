@@ -1,0 +1,326 @@
+r"""The end-to-end frontier: does growing a ResNet reach end-to-end accuracy for at most half the training compute,
+against the same net trained *for* each smaller budget? Whole CIFAR-10 (45,000 train, 5,000 validation, 10,000 test).
+
+    .venv/bin/python benchmarks/frontier.py                # every stage; resumes, and reads finished runs back
+    .venv/bin/python benchmarks/frontier.py --only select  # one stage: select, parity, e2e
+    .venv/bin/python benchmarks/frontier.py --report       # no training: the JSON from the finished runs
+
+Settings: params.yaml, section `frontier` (budget B, fractions, schedules, seeds, the shared run config). Stages:
+
+1. select: the peak learning rate of ResNet-20 at B/2 (linear schedule), then linear against cosine at that rate,
+   on the *validation* split with `select_seed`, never a measurement seed.
+2. parity: bf16 autocast against fp32 at `parity_fraction` x B on every seed. bf16 is used for every other run only
+   where the CPU or GPU computes it natively (`train.amp_bf16: auto`); the JSON records which ran.
+3. e2e: ResNet-20 at every fraction of B with both schedules on the first seed; `seed_budgets` on every seed with
+   the selected schedule; ResNet-8 and ResNet-14 at B. Seed-major, so that a slow spell hits every budget alike.
+
+The frontier is the upper envelope of the e2e runs' mean test accuracy against their training FLOPs, linear between
+its points. A growth recipe's `flops_ratio` is its FLOPs over the FLOPs at which the frontier first reaches the
+recipe's mean test accuracy (likewise seconds). Target: `flops_ratio` <= 0.5 and `seconds_ratio` <= 0.6 with the
+recipe's mean at least the e2e mean at B and at B/2 less one e2e standard deviation.
+
+Each finished run leaves its metrics, history and configuration in benchmarks/results/frontier/<run>/ (committed:
+small), checkpoints in benchmarks/work/frontier/ (ignored). A run whose summary exists is read back, not retrained;
+one with a different configuration stops the benchmark with a one-line error. Results: results/frontier.json.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from incres.data import is_prepared
+from incres.io import atomic_write
+from incres.checkpoint import RunInUse
+from incres.strategies import merge, resolve_config
+from incres.train import run
+
+from _common import RESULTS_DIR, busy_warning, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOPS_TARGET, SECONDS_TARGET = 0.5, 0.6
+STAGES = ('select', 'parity', 'e2e')
+SUMMARY_FILES = ('metrics.json', 'history.csv', 'config.yaml')
+
+
+def frontier_params(path: Path) -> dict:
+    "The `frontier` section of params.yaml; a one-line SystemExit if it is missing."
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    if 'frontier' not in params: raise SystemExit(f'{path} has no `frontier` section: see benchmarks/frontier.py')
+    return params['frontier']
+
+
+def epochs_at(fp: dict, fraction: float) -> int:
+    "Whole epochs of the budget `fraction` x B."
+    return max(1, round(fraction * fp['budget_epochs']))
+
+
+def e2e_config(fp: dict, *, seed: int, epochs: int, depth: int = 20, lr=None, schedule=None, bf16=None,
+               data_root: Path = ROOT / 'data') -> dict:
+    "The run config of an end-to-end run."
+    optim = {k: v for k, v in {'lr': lr, 'schedule': schedule}.items() if v is not None}
+    train = {'seed': seed, 'epochs': epochs, **({} if bf16 is None else {'amp_bf16': bf16})}
+    return merge(fp['common'], {'dataset': {'root': str(data_root)}, 'model': {'depth': depth}, 'optim': optim,
+                                'train': train, 'strategy': {'name': 'e2e'}})
+
+
+def _portable(config: dict) -> dict:
+    "A run config without the machine's data path, as it is saved and compared."
+    return merge(config, {'dataset': {'root': None}})
+
+
+class Runs:
+    "Train a run, or read it back: its summary in `summary_dir/<name>/`, its checkpoints in `work_dir/<name>/`."
+    def __init__(self, summary_dir: Path, work_dir: Path, train: bool = True):
+        self.summary_dir, self.work_dir, self.train = Path(summary_dir), Path(work_dir), train
+        self.trained = []  # names trained by this invocation (the rest were read back)
+        self.busy = set()  # names another process is training (several workers share the list)
+
+    def done(self, name: str) -> bool: return (self.summary_dir / name / 'metrics.json').exists()
+
+    def __call__(self, name: str, config: dict) -> dict | None:
+        "The run's final metrics (with `config` and its `history`); None if not finished and training is off."
+        out = self.summary_dir / name
+        if self.done(name):
+            saved = yaml.safe_load((out / 'config.yaml').read_text())
+            if saved != _portable(config):
+                raise SystemExit(f'{out} holds a run with another configuration than params.yaml now gives; '
+                                 f'delete that folder to retrain it, or restore the settings')
+        elif not self.train: return None
+        else:
+            print(f'training {name} ...', flush=True)
+            try: run(config, self.work_dir / name)
+            except RunInUse:
+                self.busy.add(name)
+                return None
+            self.busy.discard(name)
+            for file in SUMMARY_FILES[:2]: atomic_write(out / file, (self.work_dir / name / file).read_bytes())
+            atomic_write(out / 'config.yaml', yaml.safe_dump(_portable(config), sort_keys=False))
+            self.trained.append(name)
+        metrics = json.loads((out / 'metrics.json').read_text())
+        return {**metrics, 'history': (out / 'history.csv').read_text()}
+
+
+def select(fp: dict, runs: Runs) -> dict | None:
+    "The peak rate (linear schedule at B/2), then the schedule at that rate, by final validation accuracy."
+    seed, epochs = fp['select_seed'], epochs_at(fp, 0.5)
+    first, *others = fp['schedules']
+    found = {lr: runs(f'select/r20-{epochs}ep-{first}-lr{lr}', e2e_config(fp, seed=seed, epochs=epochs, lr=lr,
+                                                                          schedule=first)) for lr in fp['select_lrs']}
+    if any(m is None for m in found.values()): return None
+    rows = [{'lr': lr, 'schedule': first, 'val_acc': m['val_acc'], 'val_loss': m['val_loss']} for lr, m in found.items()]
+    best = max(rows, key=lambda r: (r['val_acc'], -r['val_loss']))  # 5,000 images: 0.02 points each; loss breaks ties
+    for schedule in others:
+        m = runs(f'select/r20-{epochs}ep-{schedule}-lr{best["lr"]}',
+                 e2e_config(fp, seed=seed, epochs=epochs, lr=best['lr'], schedule=schedule))
+        if m is None: return None
+        rows.append({'lr': best['lr'], 'schedule': schedule, 'val_acc': m['val_acc'], 'val_loss': m['val_loss']})
+    chosen = max((r for r in rows if r['lr'] == best['lr']), key=lambda r: (r['val_acc'], -r['val_loss']))
+    return {'seed': seed, 'epochs': epochs, 'runs': rows, 'lr': chosen['lr'], 'schedule': chosen['schedule']}
+
+
+def e2e_plan(fp: dict, chosen: dict) -> list[tuple]:
+    "`(name, config, row)` of every e2e run, in training order: what every seed needs first, then the rest."
+    lr, main = chosen['lr'], chosen['schedule']
+    def unit(seed, fraction, schedule=main, depth=20):
+        epochs = epochs_at(fp, fraction)
+        row = {'depth': depth, 'epochs': epochs, 'fraction': fraction, 'schedule': schedule, 'seed': seed, 'lr': lr}
+        name = f'e2e/r{depth}-{epochs}ep-{schedule}-seed{seed}'
+        return name, e2e_config(fp, seed=seed, epochs=epochs, depth=depth, lr=lr, schedule=schedule), row
+    first = fp['seeds'][0]
+    plan = [unit(s, f) for s in fp['seeds'] for f in fp['seed_budgets']]
+    plan += [unit(first, f) for f in fp['fractions'] if f not in fp['seed_budgets']]
+    plan += [unit(first, 1.0, depth=d) for d in fp['shallow_depths']]
+    plan += [unit(first, f, schedule=s) for s in fp['schedules'] if s != main for f in fp['fractions']]
+    return plan
+
+
+def parity_plan(fp: dict, chosen: dict) -> list[tuple]:
+    "`(name, config, row)` of the fp32 arm of the parity check (its bf16 arm: the e2e runs at the same budget)."
+    fraction, out = fp['parity_fraction'], []
+    for seed in fp['seeds']:
+        epochs = epochs_at(fp, fraction)
+        config = e2e_config(fp, seed=seed, epochs=epochs, lr=chosen['lr'], schedule=chosen['schedule'], bf16=False)
+        out.append((f'parity/r20-{epochs}ep-{chosen["schedule"]}-seed{seed}-fp32', config,
+                    {'depth': 20, 'epochs': epochs, 'fraction': fraction, 'schedule': chosen['schedule'],
+                     'seed': seed, 'lr': chosen['lr']}))
+    return out
+
+
+E2E_FIELDS = ('train_flops', 'train_seconds', 'test_acc', 'val_acc', 'amp_bf16', 'images_per_second')
+
+
+def record(row: dict, metrics: dict) -> dict:
+    "A row of the JSON: the run's settings and its results."
+    return {**row, **{k: metrics.get(k) for k in E2E_FIELDS}}
+
+
+def mean_points(rows: list[dict], keys=('depth', 'epochs', 'schedule')) -> list[dict]:
+    "Rows with equal `keys` averaged over their seeds: mean test accuracy, its sample sd, mean FLOPs and seconds."
+    groups = {}
+    for r in rows: groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        accs = [r['test_acc'] for r in rs]
+        out.append({**dict(zip(keys, key)), 'seeds': len(rs), 'test_acc': statistics.fmean(accs),
+                    'test_acc_std': statistics.stdev(accs) if len(accs) > 1 else None,
+                    'train_flops': statistics.fmean(r['train_flops'] for r in rs),
+                    'train_seconds': statistics.fmean(r['train_seconds'] for r in rs)})
+    return out
+
+
+def envelope(points: list[dict]) -> list[dict]:
+    "The upper envelope: by FLOPs, each point kept only if it is more accurate than every cheaper one."
+    out = []
+    for p in sorted(points, key=lambda p: p['train_flops']):
+        if not out or p['test_acc'] > out[-1]['test_acc']: out.append(p)
+    return out
+
+
+def cost_to_reach(frontier: list[dict], acc: float) -> dict | None:
+    """FLOPs and seconds at which the frontier, linear between its points, first reaches `acc`; None if it never
+    does. At or below its cheapest point: that point's cost (`cheapest: True`), an upper bound on e2e's cost."""
+    if acc <= frontier[0]['test_acc']:
+        return {'train_flops': frontier[0]['train_flops'], 'train_seconds': frontier[0]['train_seconds'], 'cheapest': True}
+    for a, b in zip(frontier, frontier[1:]):
+        if acc <= b['test_acc']:
+            t = (acc - a['test_acc']) / (b['test_acc'] - a['test_acc'])
+            return {k: a[k] + t * (b[k] - a[k]) for k in ('train_flops', 'train_seconds')} | {'cheapest': False}
+    return None
+
+
+def verdict(e2e: list[dict], growth: list[dict], fp: dict, main_schedule: str) -> dict:
+    "The headline: the best growth recipe's ratios to the frontier, and whether it meets the target."
+    points = mean_points(e2e)
+    def point(fraction):
+        epochs = epochs_at(fp, fraction)
+        return next((p for p in points if (p['depth'], p['epochs'], p['schedule']) == (20, epochs, main_schedule)), None)
+    at_b, at_half = point(1.0), point(0.5)
+    if not growth or at_b is None:
+        return {'recipe': None, 'flops_ratio': None, 'seconds_ratio': None, 'acc_delta': None, 'met': None,
+                'why': 'not measured yet: ' + ('no growth recipe' if not growth else 'no e2e run at B')}
+    frontier = envelope(points)
+    recipes = mean_points(growth, keys=('recipe', 'final_depth'))
+    for r in recipes:
+        cost = cost_to_reach(frontier, r['test_acc'])
+        r['flops_ratio'] = r['train_flops'] / cost['train_flops'] if cost else None
+        r['seconds_ratio'] = r['train_seconds'] / cost['train_seconds'] if cost else None
+        r['beyond_frontier'] = cost is None
+    most_seeds = max(r['seeds'] for r in recipes)
+    ranked = [r for r in recipes if r['seeds'] == most_seeds]
+    # beyond the frontier (more accurate than any e2e run) ranks first, then by FLOPs ratio
+    best = min(ranked, key=lambda r: (not r['beyond_frontier'], r['flops_ratio'] or 0.0))
+    floor = lambda p: p['test_acc'] - (p['test_acc_std'] or 0.0) if p else -math.inf
+    accurate = best['test_acc'] >= floor(at_b) and best['test_acc'] >= floor(at_half)
+    cheap = best['beyond_frontier'] or (best['flops_ratio'] <= FLOPS_TARGET and best['seconds_ratio'] <= SECONDS_TARGET)
+    return {'recipe': best['recipe'], 'seeds': best['seeds'], 'test_acc': best['test_acc'],
+            'flops_ratio': best['flops_ratio'], 'seconds_ratio': best['seconds_ratio'],
+            'beyond_frontier': best['beyond_frontier'], 'acc_delta': best['test_acc'] - at_b['test_acc'],
+            'e2e_at_b': at_b, 'e2e_at_half': at_half, 'met': bool(accurate and cheap), 'recipes': recipes}
+
+
+def data_record(data_root: Path) -> dict:
+    "Split sizes and the prepared data's source (the offline copy is a JPEG re-encoding: labelled as such)."
+    source = json.loads((data_root / 'cifar10' / 'provenance.json').read_text()).get('source', {})
+    return {'source': source.get('kind'), 'official': source.get('official'), 'note': source.get('note')}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--only', choices=STAGES, nargs='+', default=list(STAGES), help='stages to train (default: all)')
+    p.add_argument('--report', action='store_true', help='train nothing: write the JSON from the finished runs')
+    p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument('--params', type=Path, default=ROOT / 'params.yaml')
+    p.add_argument('--data-root', type=Path, default=ROOT / 'data')
+    p.add_argument('--summary-dir', type=Path, default=RESULTS_DIR / 'frontier', help='finished runs (committed)')
+    p.add_argument('--work-dir', type=Path, default=ROOT / 'benchmarks' / 'work' / 'frontier', help='checkpoints')
+    p.add_argument('--results-dir', type=Path, default=RESULTS_DIR)
+    args = p.parse_args(argv)
+    fp = frontier_params(args.params)
+    if not args.report and not is_prepared(fp['common']['dataset']['name'], args.data_root):
+        p.error(f'{fp["common"]["dataset"]["name"]} is not prepared in {args.data_root}: run `make data` first')
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    for lr in fp['select_lrs']:  # every setting is checked before the first run starts
+        resolve_config(e2e_config(fp, seed=fp['select_seed'], epochs=epochs_at(fp, 0.5), lr=lr, data_root=args.data_root))
+    if warning := busy_warning('wall'): print(warning)
+
+    runs = Runs(args.summary_dir, args.work_dir, train=not args.report)
+    while True:  # another worker may hold some runs: train the others, then wait for those
+        code = measure(args, fp, runs)
+        if not runs.busy: return code
+        print(f'waiting for {len(runs.busy)} run(s) other workers are training ...', flush=True)
+        runs.busy.clear()
+        time.sleep(60)
+
+
+def measure(args, fp: dict, runs: Runs) -> int:
+    "One pass over every stage: train what is not finished (and not held by another worker), read back the rest."
+    chosen = select(fp, runs if 'select' in args.only and not args.report else Runs(args.summary_dir, args.work_dir, False))
+    if chosen is None: return finish(args, fp, runs, None, [], [], [])
+    print(f"selected: peak lr {chosen['lr']}, {chosen['schedule']} schedule "
+          f"({len(chosen['runs'])} runs at {chosen['epochs']} epochs, seed {chosen['seed']}, validation)", flush=True)
+    plans = {'e2e': e2e_plan(fp, chosen), 'parity': parity_plan(fp, chosen)}
+    rows = {'e2e': [], 'parity': []}
+    for stage in ('e2e', 'parity'):
+        stage_runner = runs if stage in args.only else Runs(args.summary_dir, args.work_dir, False)
+        for name, config, row in plans[stage]:
+            m = stage_runner(name, config)
+            if m is not None: rows[stage].append(record(row, m))
+            if name in runs.trained: finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], [])
+    return finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], [])
+
+
+def parity_summary(e2e: list[dict], fp32: list[dict]) -> dict | None:
+    "bf16 against fp32 at the same budget and seeds: mean and sd of each arm, and whether they are within noise."
+    pairs = [(b, f) for f in fp32 for b in e2e if (b['depth'], b['epochs'], b['schedule'], b['seed'])
+             == (f['depth'], f['epochs'], f['schedule'], f['seed'])]
+    if not pairs: return None
+    arm = lambda rs: {'test_acc': [r['test_acc'] for r in rs], 'amp_bf16': [r['amp_bf16'] for r in rs],
+                      'images_per_second': statistics.fmean(r['images_per_second'] for r in rs),
+                      'mean': statistics.fmean(r['test_acc'] for r in rs),
+                      'std': statistics.stdev([r['test_acc'] for r in rs]) if len(rs) > 1 else None}
+    bf16, fp = arm([b for b, _ in pairs]), arm([f for _, f in pairs])
+    spread = max(bf16['std'] or 0.0, fp['std'] or 0.0)
+    out = {'epochs': pairs[0][1]['epochs'], 'seeds': [f['seed'] for _, f in pairs], 'bf16': bf16, 'fp32': fp,
+           'difference': bf16['mean'] - fp['mean'], 'speedup': bf16['images_per_second'] / fp['images_per_second']}
+    # within noise: the means differ by less than two standard errors of the difference
+    se = math.sqrt(((bf16['std'] or 0) ** 2 + (fp['std'] or 0) ** 2) / len(pairs)) if len(pairs) > 1 else None
+    out['within_noise'] = None if se is None else abs(out['difference']) <= 2 * se
+    out['standard_error'] = se
+    return out if spread is not None else out
+
+
+def finish(args, fp, runs, chosen, e2e, fp32, growth) -> int:
+    "Write results/frontier.json from what has finished; print the frontier and the verdict."
+    data = data_record(args.data_root) if (args.data_root / 'cifar10' / 'provenance.json').exists() else None
+    results = {
+        'dataset': fp['common']['dataset']['name'], 'data': data,
+        'train_images': 50000 - fp['common']['dataset']['val_size'], 'val_images': fp['common']['dataset']['val_size'],
+        'test_images': 10000, 'budget_epochs': fp['budget_epochs'], 'settings': fp,
+        'targets': {'flops_ratio': FLOPS_TARGET, 'seconds_ratio': SECONDS_TARGET},
+        'selection': chosen, 'e2e': e2e, 'parity': parity_summary(e2e, fp32), 'parity_fp32': fp32,
+        'frontier': envelope(mean_points(e2e)) if e2e else [], 'growth': growth,
+        'verdict': verdict(e2e, growth, fp, chosen['schedule']) if chosen else None,
+        'runs_trained_by_this_command': runs.trained}
+    path = write_results('frontier', results, args.results_dir)
+    for point in results['frontier']:
+        print(f"frontier: ResNet-{point['depth']} {point['epochs']:>2} ep {point['schedule']:<6} "
+              f"{point['test_acc']:.4f} ({point['seeds']} seeds)  {point['train_flops']:.3e} FLOPs  "
+              f"{point['train_seconds']:.0f} s", flush=True)
+    v = results['verdict']
+    if v is not None and v['met'] is not None:
+        print(f"verdict: {v['recipe']} {'meets' if v['met'] else 'does not meet'} the target: FLOPs ratio "
+              f"{v['flops_ratio']}, seconds ratio {v['seconds_ratio']}, {v['acc_delta']:+.4f} against e2e at B")
+    elif v is not None: print(f"verdict: {v['why']}")
+    print(f'results: {path}', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
