@@ -354,32 +354,47 @@ class _ChannelMap:
         self.g = torch.cat([torch.arange(old), torch.randint(0, old, (new - old,), generator=generator)]).to(device)
         self.counts = torch.bincount(self.g, minlength=old)
 
+# %% ../nbs/01_growth.ipynb #9783c203
+def _pair_up(w: torch.Tensor, out: _ChannelMap | None, inp: _ChannelMap | None) -> torch.Tensor:
+    """Pair the new channels (old, old+1), (old+2, old+3), … of `w` in place: a pair's second output row copies the
+    first (equal fan-in V, V), its second input column is minus the first (cancelling fan-out Z, −Z); the input
+    column of an unpaired last channel is zero."""
+    if out is not None:
+        n = (out.new - out.old) // 2 * 2
+        w[out.old + 1:out.old + n:2] = w[out.old:out.old + n:2]
+    if inp is not None:
+        n = (inp.new - inp.old) // 2 * 2
+        w[:, inp.old + 1:inp.old + n:2] = -w[:, inp.old:inp.old + n:2]
+        w[:, inp.old + n:] = 0
+    return w
+
 # %% ../nbs/01_growth.ipynb #69f4785e
 class _Widener:
-    "Net2WiderNet (or random-pad) replacements for convolutions, BatchNorms, shortcuts and the classifier."
+    "Net2WiderNet, random-pad or paired replacements for convolutions, BatchNorms, shortcuts and the classifier."
     def __init__(self, init: str, noise: float, generator, like: torch.Tensor):
-        self.random, self.noise, self.generator, self.like = init == 'random', noise, generator, like
+        self.init, self.noise, self.generator, self.like = init, noise, generator, like
+        self.fresh = init in ('random', 'paired')  # new rows and columns drawn at random, the old weights kept
 
     def _split(self, w: torch.Tensor, inp: _ChannelMap) -> torch.Tensor:
         "Consumer weights: input channel j takes W[:, g(j)] / count(g(j)) (plus symmetry-breaking noise)."
         shape = (1, -1) + (1,) * (w.dim() - 2)
         counts = inp.counts[inp.g].to(w.dtype).view(shape)
         split = w.index_select(1, inp.g) / counts
-        if self.noise and not self.random:
+        if self.noise:  # net2net only: the fresh inits do not split
             eps = torch.randn(split.shape, generator=self.generator).to(w) * (self.noise * w.std())
             split = split + eps * (counts > 1)
         return split
 
     def _weight(self, w: torch.Tensor, fresh: torch.Tensor, out: _ChannelMap | None, inp: _ChannelMap | None):
-        if self.random:  # random pad: keep the old block of weights, new rows/columns from the fresh init
+        if self.fresh:  # keep the old block of weights, new rows/columns from the fresh init (paired: then pair them)
             fresh = fresh.detach().clone(); fresh[tuple(slice(0, n) for n in w.shape)] = w
-            return fresh
+            return _pair_up(fresh, out, inp) if self.init == 'paired' else fresh
         if out is not None: w = w.index_select(0, out.g)
         return self._split(w, inp) if inp is not None else w
 
     def _new(self, cls, *args, **kwargs) -> nn.Module:
-        "A module of the new shape: He-initialised for random pad, uninitialised (every weight is set) for net2net."
-        if self.random: return _fresh(cls(*args, **kwargs), self.generator, self.like)
+        "A module of the new shape: He-initialised (random pad, paired), or uninitialised (net2net sets every weight)."
+        if self.fresh: return _fresh(cls(*args, **kwargs), self.generator, self.like)
         return nn.utils.skip_init(cls, *args, **kwargs, device=self.like.device, dtype=self.like.dtype)
 
     def conv(self, conv: nn.Conv2d, out: _ChannelMap | None = None, inp: _ChannelMap | None = None) -> nn.Conv2d:
@@ -410,7 +425,7 @@ class _Widener:
     def shortcut_out(self, shortcut: nn.Module, out: _ChannelMap) -> nn.Module:
         "A transition shortcut producing the widened channels."
         if isinstance(shortcut, ChannelMapShortcut):
-            index = (torch.cat([shortcut.index, shortcut.index.new_full((out.new - out.old,), -1)]) if self.random
+            index = (torch.cat([shortcut.index, shortcut.index.new_full((out.new - out.old,), -1)]) if self.fresh
                      else shortcut.index[out.g.to(shortcut.index.device)])
             return ChannelMapShortcut(index, shortcut.stride).train(shortcut.training)
         if isinstance(shortcut, ProjectionShortcut):  # already a copy: widen it in place
@@ -421,13 +436,15 @@ class _Widener:
     def shortcut_in(self, shortcut: nn.Module, inp: _ChannelMap) -> nn.Module:
         "A transition shortcut consuming the widened channels."
         if isinstance(shortcut, ChannelMapShortcut):
-            # The originals are the first channels of the input, so the index stays valid. But the module's
-            # zero-pad fast path (index = [0..n-1, -1, ...]) pads the *whole* input, which is now wider: point one
-            # output at a copy of its channel, so the general gather path is taken (exact for noise=0, where
-            # copies are identical). Random pad has no copies to point at.
+            # The originals are the first channels of the input, so the index stays valid; the module takes its
+            # zero-pad fast path (index = [0..n-1, -1, ...]) only when the input has exactly the n channels the index
+            # names, so a wider input is gathered. net2net also points one output of a zero-pad index at a copy of
+            # its channel (exact for noise=0, where copies are identical), but only if that output reads that
+            # channel: after random pad or paired the index may name fewer channels than the stream has, and
+            # g(j) may be a channel it never reads. Random pad and paired have no copies to point at.
             index = shortcut.index.clone()
-            if not self.random and shortcut._is_zero_pad():
-                j = inp.old  # first new channel, a copy of old channel g(j)
+            j = inp.old  # first new channel, a copy of old channel g(j)
+            if not self.fresh and shortcut._is_zero_pad() and int(inp.g[j]) < shortcut.in_channels:
                 index[int(inp.g[j])] = j
             return ChannelMapShortcut(index, shortcut.stride).train(shortcut.training)
         if isinstance(shortcut, ProjectionShortcut):
@@ -440,7 +457,8 @@ def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: f
           data: torch.Tensor | None = None, generator=None) -> ResNet:
     """A copy of `model` whose stage `stage` has `width` channels (Net2WiderNet, Chen et al. 2016, §3.1).
 
-    `init` is one of `WIDEN_INITS`; `noise` (≥ 0, net2net only) is the relative std of symmetry-breaking noise;
+    `init` is one of `WIDEN_INITS` (`net2net`, random pad, `paired`); `noise` (≥ 0, net2net only) is the relative
+    std of symmetry-breaking noise;
     `data` is accepted for a uniform signature and not used; `generator`: None, an int seed or a CPU
     torch.Generator. The input model is untouched. Not for torchvision ResNets (a `NotImplementedError`)."""
     if not isinstance(model, ResNet):
@@ -499,3 +517,14 @@ def _random_widen(model, stage, width, noise=0.0, data=None, generator=None):
     """Keep the old weights, He-initialise the new rows and columns (new BN channels γ=1, β=0, new option-A
     shortcut channels zero). Changes the function; `noise` is ignored."""
     return widen(model, stage, width, 'random', noise, data, generator)
+
+@_register(WIDEN_INITS, 'widen', 'paired',
+           'Yuan, Savarese & Maire, "Accelerated Training via Incrementally Growing Neural Networks using Variance '
+           'Transfer and Learning Rate Adaptation", NeurIPS 2023', 'exact')
+def _paired_widen(model, stage, width, noise=0.0, data=None, generator=None):
+    """New channels in pairs with equal incoming weights (V, V) and opposite outgoing weights (Z, −Z), V and Z
+    He-initialised, new BN channels γ=1, β=0: both channels of a pair compute the same activation a (in train mode
+    too), and every consumer adds Z·a − Z·a = 0. Exact in eval and train mode, without dividing or changing any old
+    weight. With an odd number of new channels the last one is unpaired, with zero outgoing weights (still exact).
+    `noise` is ignored."""
+    return widen(model, stage, width, 'paired', noise, data, generator)

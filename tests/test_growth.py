@@ -12,6 +12,7 @@ from incres.resnet import BasicBlock, PlainLayer, ResNet
 from incres.testing import assert_same_state, random_images, state_of
 
 EXACT_DEPTH = [k for k, v in GROWTH_INITS.items() if v.preserves_function == 'exact']
+EXACT_WIDEN = st.sampled_from([k for k, v in WIDEN_INITS.items() if v.preserves_function == 'exact'])
 TOL = 1e-5  # relative max |Δ logits|; float32 round-off is ~1e-7
 
 
@@ -75,6 +76,53 @@ def test_widen_net2net_is_exact(net, data, extra, size, seed):
     assert wide(x).shape == (size, 3)
 
 
+@settings(max_examples=100)
+@given(net=nets(), data=st.data(), extra=st.integers(1, 6), size=st.integers(2, 4), seed=st.integers(0, 99))
+def test_widen_paired_is_exact(net, data, extra, size, seed):
+    "Pairs with equal fan-in and opposite fan-out (an odd last one with zero fan-out) cancel in both modes."
+    stage = data.draw(st.integers(0, len(net.stages) - 1))
+    old, width = net.widths[stage], net.widths[stage] + extra
+    x, before = random_images(size, net.in_channels, seed=seed), state_of(net)
+    wide = widen(net, stage, width, 'paired', generator=seed)
+    assert_same_state(net, before)
+    expected = list(net.widths); expected[stage] = width
+    assert wide.widths == tuple(expected) and wide.stage_depths == net.stage_depths and wide.depth == net.depth
+    for mode in MODES:
+        assert function_gap(net, wide, x, mode, relative=True) < TOL, (mode, stage, width)
+    for block in wide.stages[stage]:  # the pairs, in every producer and consumer of the stage
+        for bn in (block.bn1, block.bn2):
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                assert torch.equal(t[old + 1:width:2], t[old:width - 1:2][:len(t[old + 1:width:2])])
+        w = block.conv2.weight.detach()
+        n = extra // 2 * 2
+        assert torch.equal(w[old + 1:old + n:2], w[old:old + n:2])
+        assert torch.equal(w[:, old + 1:old + n:2], -w[:, old:old + n:2])
+        assert not w[:, old + n:].any()
+    assert_same_state(wide, widen(net, stage, width, 'paired', noise=0.5, generator=seed))  # noise: net2net only
+
+
+def test_paired_pairs_separate_at_the_first_step():
+    net, x = fixed_net('B'), torch.randn(8, 3, 8, 8)
+    wide = widen(net, 2, 12, 'paired', generator=0)
+    F.cross_entropy(wide.train()(x), torch.randint(0, 5, (8,))).backward()
+    block = wide.stages[2][1]
+    fan_in, fan_out = block.conv1.weight.grad, block.conv2.weight.grad  # of the block's new channels 8 and 9
+    assert torch.equal(fan_in[9], -fan_in[8]) and fan_in[8].abs().sum() > 0  # V, V: opposite gradients
+    assert torch.equal(fan_out[:, 9], fan_out[:, 8])  # Z, −Z: equal gradients (the activations are equal)
+    torch.optim.SGD(wide.parameters(), lr=0.1).step()
+    assert not torch.equal(block.conv1.weight[9], block.conv1.weight[8])
+
+
+@pytest.mark.parametrize('first', ['paired', 'random'])
+def test_net2net_after_a_fresh_widening_keeps_an_option_a_shortcut_exact(first):
+    "After random pad or paired the consumer's zero-pad index names fewer channels than the stream carries."
+    torch.manual_seed(0)
+    net = warmed_up(ResNet((1, 1), (1, 2), in_channels=1, num_classes=3), 0).eval()
+    wide, x = widen(net, 0, 2, first, generator=0), random_images(4, 1, seed=0)
+    for seed in range(8):  # copies of channel 0 and of channel 1, which the shortcut never reads
+        for mode in MODES: assert function_gap(wide, widen(wide, 0, 3, generator=seed), x, mode, relative=True) < TOL
+
+
 @settings(max_examples=80)
 @given(net=nets(), data=st.data(), size=st.integers(2, 4), seed=st.integers(0, 99))
 def test_growth_composes(net, data, size, seed):
@@ -90,7 +138,7 @@ def test_growth_composes(net, data, size, seed):
         else:
             stage = data.draw(st.integers(0, len(widths) - 1))
             widths[stage] += data.draw(st.integers(1, 3))
-            grown = widen(grown, stage, widths[stage], generator=step)
+            grown = widen(grown, stage, widths[stage], data.draw(EXACT_WIDEN), generator=step)
     assert (grown.stage_depths, grown.widths, grown.depth) == (tuple(depths), tuple(widths), depth)
     for mode in MODES:
         assert function_gap(net, grown, x, mode, relative=True) < TOL, mode
@@ -195,7 +243,7 @@ def test_registries_document_every_init():
             assert spec.preserves_function in ('exact', 'approx', 'no')
     assert list(GROWTH_INITS) == ['zero', 'both_zero', 'random', 'net2deeper', 'dils_analytic', 'dils_approx', 'copy',
                                   'gaussian_bn']
-    assert list(WIDEN_INITS) == ['net2net', 'random']
+    assert list(WIDEN_INITS) == ['net2net', 'random', 'paired']
     assert {k for k, v in GROWTH_INITS.items() if v.needs_data} == {'net2deeper', 'dils_analytic', 'dils_approx'}
     assert {k for k, v in GROWTH_INITS.items() if v.edits_model} == {'copy'}
     assert not any(v.edits_model for v in WIDEN_INITS.values())
