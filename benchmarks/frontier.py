@@ -11,7 +11,7 @@ Settings: params.yaml, section `frontier` (budget B, fractions, schedules, seeds
    on the *validation* split with `select_seed`, never a measurement seed.
 2. parity: bf16 autocast against fp32 at `parity_fraction` x B on every seed. bf16 is used for every other run only
    where the CPU or GPU computes it natively (`train.amp_bf16: auto`); the JSON records which ran.
-3. e2e: ResNet-20 at every fraction of B with both schedules on the first seed; `seed_budgets` on every seed with
+3. e2e: the target network (ResNet-20) at every fraction of B with both schedules on the first seed; `seed_budgets` on every seed with
    the selected schedule; ResNet-8 and ResNet-14 at B. Seed-major, so that a slow spell hits every budget alike.
 
 The frontier is the upper envelope of the e2e runs' mean test accuracy against their training FLOPs, linear between
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from incres.data import is_prepared
+from incres.data import get_info, is_prepared
 from incres.io import atomic_write
 from incres.checkpoint import RunInUse
 from incres.strategies import merge, resolve_config
@@ -43,7 +43,7 @@ from _common import RESULTS_DIR, busy_warning, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOPS_TARGET, SECONDS_TARGET = 0.5, 0.6
-STAGES = ('select', 'parity', 'e2e')
+STAGES = ('select', 'e2e', 'parity', 'growth')
 SUMMARY_FILES = ('metrics.json', 'history.csv', 'config.yaml')
 
 
@@ -54,15 +54,21 @@ def frontier_params(path: Path) -> dict:
     return params['frontier']
 
 
+def target_depth(fp: dict) -> int:
+    "Depth of the network every recipe is compared on (params: frontier.common.model.depth, ResNet-20)."
+    return fp['common']['model']['depth']
+
+
 def epochs_at(fp: dict, fraction: float) -> int:
     "Whole epochs of the budget `fraction` x B."
     return max(1, round(fraction * fp['budget_epochs']))
 
 
-def e2e_config(fp: dict, *, seed: int, epochs: int, depth: int = 20, lr=None, schedule=None, bf16=None,
+def e2e_config(fp: dict, *, seed: int, epochs: int, depth: int | None = None, lr=None, schedule=None, bf16=None,
                data_root: Path = ROOT / 'data') -> dict:
     "The run config of an end-to-end run."
     optim = {k: v for k, v in {'lr': lr, 'schedule': schedule}.items() if v is not None}
+    depth = target_depth(fp) if depth is None else depth
     train = {'seed': seed, 'epochs': epochs, **({} if bf16 is None else {'amp_bf16': bf16})}
     return merge(fp['common'], {'dataset': {'root': str(data_root)}, 'model': {'depth': depth}, 'optim': optim,
                                 'train': train, 'strategy': {'name': 'e2e'}})
@@ -109,13 +115,14 @@ def select(fp: dict, runs: Runs) -> dict | None:
     "The peak rate (linear schedule at B/2), then the schedule at that rate, by final validation accuracy."
     seed, epochs = fp['select_seed'], epochs_at(fp, 0.5)
     first, *others = fp['schedules']
-    found = {lr: runs(f'select/r20-{epochs}ep-{first}-lr{lr}', e2e_config(fp, seed=seed, epochs=epochs, lr=lr,
+    r = f'r{target_depth(fp)}'
+    found = {lr: runs(f'select/{r}-{epochs}ep-{first}-lr{lr}', e2e_config(fp, seed=seed, epochs=epochs, lr=lr,
                                                                           schedule=first)) for lr in fp['select_lrs']}
     if any(m is None for m in found.values()): return None
     rows = [{'lr': lr, 'schedule': first, 'val_acc': m['val_acc'], 'val_loss': m['val_loss']} for lr, m in found.items()]
     best = max(rows, key=lambda r: (r['val_acc'], -r['val_loss']))  # 5,000 images: 0.02 points each; loss breaks ties
     for schedule in others:
-        m = runs(f'select/r20-{epochs}ep-{schedule}-lr{best["lr"]}',
+        m = runs(f'select/{r}-{epochs}ep-{schedule}-lr{best["lr"]}',
                  e2e_config(fp, seed=seed, epochs=epochs, lr=best['lr'], schedule=schedule))
         if m is None: return None
         rows.append({'lr': best['lr'], 'schedule': schedule, 'val_acc': m['val_acc'], 'val_loss': m['val_loss']})
@@ -126,7 +133,7 @@ def select(fp: dict, runs: Runs) -> dict | None:
 def e2e_plan(fp: dict, chosen: dict) -> list[tuple]:
     "`(name, config, row)` of every e2e run, in training order: what every seed needs first, then the rest."
     lr, main = chosen['lr'], chosen['schedule']
-    def unit(seed, fraction, schedule=main, depth=20):
+    def unit(seed, fraction, schedule=main, depth=target_depth(fp)):
         epochs = epochs_at(fp, fraction)
         row = {'depth': depth, 'epochs': epochs, 'fraction': fraction, 'schedule': schedule, 'seed': seed, 'lr': lr}
         name = f'e2e/r{depth}-{epochs}ep-{schedule}-seed{seed}'
@@ -145,13 +152,52 @@ def parity_plan(fp: dict, chosen: dict) -> list[tuple]:
     for seed in fp['seeds']:
         epochs = epochs_at(fp, fraction)
         config = e2e_config(fp, seed=seed, epochs=epochs, lr=chosen['lr'], schedule=chosen['schedule'], bf16=False)
-        out.append((f'parity/r20-{epochs}ep-{chosen["schedule"]}-seed{seed}-fp32', config,
-                    {'depth': 20, 'epochs': epochs, 'fraction': fraction, 'schedule': chosen['schedule'],
+        out.append((f'parity/r{target_depth(fp)}-{epochs}ep-{chosen["schedule"]}-seed{seed}-fp32', config,
+                    {'depth': target_depth(fp), 'epochs': epochs, 'fraction': fraction, 'schedule': chosen['schedule'],
                      'seed': seed, 'lr': chosen['lr']}))
     return out
 
 
 E2E_FIELDS = ('train_flops', 'train_seconds', 'test_acc', 'val_acc', 'amp_bf16', 'images_per_second')
+
+
+def growth_config(fp: dict, recipe: dict, *, seed: int, chosen: dict, data_root: Path = ROOT / 'data') -> dict:
+    "The run config of a growth recipe: the e2e runs' settings, peak rate and schedule, and the recipe's sections."
+    return merge(fp['common'], {'dataset': {'root': str(data_root)}, 'model': recipe.get('model', {}),
+                                'optim': {'lr': chosen['lr'], 'schedule': chosen['schedule']},
+                                'train': {'seed': seed, 'epochs': fp['budget_epochs'], **recipe.get('train', {})},
+                                'strategy': recipe['strategy']})
+
+
+def select_recipes(fp: dict, runs: Runs, chosen: dict, data_root: Path) -> dict | None:
+    """Every recipe once with the selection seed, ranked by its FLOPs ratio to that seed's *validation* frontier
+    (e2e at `seed_budgets`); the best `measure_top` are measured on every seed."""
+    seed = fp['select_seed']
+    e2e = {f: runs(f'select/r{target_depth(fp)}-{epochs_at(fp, f)}ep-{chosen["schedule"]}-lr{chosen["lr"]}',
+                   e2e_config(fp, seed=seed, epochs=epochs_at(fp, f), lr=chosen['lr'], schedule=chosen['schedule'],
+                              data_root=data_root)) for f in fp['seed_budgets']}
+    found = {name: runs(f'select/{name}', growth_config(fp, recipe, seed=seed, chosen=chosen, data_root=data_root))
+             for name, recipe in fp['recipes'].items()}
+    if any(m is None for m in [*e2e.values(), *found.values()]): return None
+    frontier = envelope(list(e2e.values()), key='val_acc')
+    rows = []
+    for name, m in found.items():
+        cost = cost_to_reach(frontier, m['val_acc'], key='val_acc')
+        rows.append({'recipe': name, 'val_acc': m['val_acc'], 'final_depth': m['depth'], 'train_flops': m['train_flops'],
+                     'flops_ratio': m['train_flops'] / cost['train_flops'] if cost else None,
+                     'beyond_frontier': cost is None})
+    ranked = sorted(rows, key=lambda r: (not r['beyond_frontier'], r['flops_ratio'] or 0.0))
+    return {'seed': seed, 'e2e_val': [{'epochs': m['epochs'], 'val_acc': m['val_acc'], 'train_flops': m['train_flops']}
+                                      for m in e2e.values()],
+            'runs': rows, 'measured_on_every_seed': [r['recipe'] for r in ranked[:fp['measure_top']]]}
+
+
+def growth_plan(fp: dict, chosen: dict, recipes: dict, data_root: Path) -> list[tuple]:
+    "`(name, config, row)` of every measured growth run: the best recipes on every seed (seed-major), then the rest."
+    top, first = recipes['measured_on_every_seed'], fp['seeds'][0]
+    order = [(s, r) for s in fp['seeds'] for r in top] + [(first, r) for r in fp['recipes'] if r not in top]
+    return [(f'growth/{r}-seed{s}', growth_config(fp, fp['recipes'][r], seed=s, chosen=chosen, data_root=data_root),
+             {'recipe': r, 'seed': s}) for s, r in order]
 
 
 def record(row: dict, metrics: dict) -> dict:
@@ -173,22 +219,22 @@ def mean_points(rows: list[dict], keys=('depth', 'epochs', 'schedule')) -> list[
     return out
 
 
-def envelope(points: list[dict]) -> list[dict]:
-    "The upper envelope: by FLOPs, each point kept only if it is more accurate than every cheaper one."
+def envelope(points: list[dict], key: str = 'test_acc') -> list[dict]:
+    "The upper envelope of `key`: by FLOPs, each point kept only if it is more accurate than every cheaper one."
     out = []
     for p in sorted(points, key=lambda p: p['train_flops']):
-        if not out or p['test_acc'] > out[-1]['test_acc']: out.append(p)
+        if not out or p[key] > out[-1][key]: out.append(p)
     return out
 
 
-def cost_to_reach(frontier: list[dict], acc: float) -> dict | None:
+def cost_to_reach(frontier: list[dict], acc: float, key: str = 'test_acc') -> dict | None:
     """FLOPs and seconds at which the frontier, linear between its points, first reaches `acc`; None if it never
     does. At or below its cheapest point: that point's cost (`cheapest: True`), an upper bound on e2e's cost."""
-    if acc <= frontier[0]['test_acc']:
+    if acc <= frontier[0][key]:
         return {'train_flops': frontier[0]['train_flops'], 'train_seconds': frontier[0]['train_seconds'], 'cheapest': True}
     for a, b in zip(frontier, frontier[1:]):
-        if acc <= b['test_acc']:
-            t = (acc - a['test_acc']) / (b['test_acc'] - a['test_acc'])
+        if acc <= b[key]:
+            t = (acc - a[key]) / (b[key] - a[key])
             return {k: a[k] + t * (b[k] - a[k]) for k in ('train_flops', 'train_seconds')} | {'cheapest': False}
     return None
 
@@ -198,7 +244,8 @@ def verdict(e2e: list[dict], growth: list[dict], fp: dict, main_schedule: str) -
     points = mean_points(e2e)
     def point(fraction):
         epochs = epochs_at(fp, fraction)
-        return next((p for p in points if (p['depth'], p['epochs'], p['schedule']) == (20, epochs, main_schedule)), None)
+        return next((p for p in points if (p['depth'], p['epochs'], p['schedule']) == (target_depth(fp), epochs, main_schedule)),
+                    None)
     at_b, at_half = point(1.0), point(0.5)
     if not growth or at_b is None:
         return {'recipe': None, 'flops_ratio': None, 'seconds_ratio': None, 'acc_delta': None, 'met': None,
@@ -223,9 +270,10 @@ def verdict(e2e: list[dict], growth: list[dict], fp: dict, main_schedule: str) -
             'e2e_at_b': at_b, 'e2e_at_half': at_half, 'met': bool(accurate and cheap), 'recipes': recipes}
 
 
-def data_record(data_root: Path) -> dict:
-    "Split sizes and the prepared data's source (the offline copy is a JPEG re-encoding: labelled as such)."
-    source = json.loads((data_root / 'cifar10' / 'provenance.json').read_text()).get('source', {})
+def data_record(data_root: Path, name: str) -> dict | None:
+    "The prepared data's source (the offline CIFAR-10 copy is a JPEG re-encoding: labelled as such)."
+    if not (data_root / name / 'provenance.json').exists(): return None  # synthetic data, or not prepared
+    source = json.loads((data_root / name / 'provenance.json').read_text()).get('source', {})
     return {'source': source.get('kind'), 'official': source.get('official'), 'note': source.get('note')}
 
 
@@ -248,6 +296,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     for lr in fp['select_lrs']:  # every setting is checked before the first run starts
         resolve_config(e2e_config(fp, seed=fp['select_seed'], epochs=epochs_at(fp, 0.5), lr=lr, data_root=args.data_root))
+    for name, recipe in fp['recipes'].items():
+        try: resolve_config(growth_config(fp, recipe, seed=0, chosen={'lr': 0.1, 'schedule': 'linear'}))
+        except ValueError as e: p.error(f'params.yaml frontier.recipes.{name}: {e}')
     if warning := busy_warning('wall'): print(warning)
 
     runs = Runs(args.summary_dir, args.work_dir, train=not args.report)
@@ -262,18 +313,25 @@ def main(argv=None):
 def measure(args, fp: dict, runs: Runs) -> int:
     "One pass over every stage: train what is not finished (and not held by another worker), read back the rest."
     chosen = select(fp, runs if 'select' in args.only and not args.report else Runs(args.summary_dir, args.work_dir, False))
-    if chosen is None: return finish(args, fp, runs, None, [], [], [])
+    if chosen is None: return finish(args, fp, runs, None, [], [], [], None)
     print(f"selected: peak lr {chosen['lr']}, {chosen['schedule']} schedule "
           f"({len(chosen['runs'])} runs at {chosen['epochs']} epochs, seed {chosen['seed']}, validation)", flush=True)
+    reading = Runs(args.summary_dir, args.work_dir, False)
+    runner = lambda stage: runs if stage in args.only else reading
     plans = {'e2e': e2e_plan(fp, chosen), 'parity': parity_plan(fp, chosen)}
-    rows = {'e2e': [], 'parity': []}
-    for stage in ('e2e', 'parity'):
-        stage_runner = runs if stage in args.only else Runs(args.summary_dir, args.work_dir, False)
+    rows = {'e2e': [], 'parity': [], 'growth': []}
+    recipes = None
+    for stage in ('e2e', 'parity', 'growth'):
+        if stage == 'growth':
+            recipes = select_recipes(fp, runner('select'), chosen, args.data_root)
+            if recipes is None: break
+            plans['growth'] = growth_plan(fp, chosen, recipes, args.data_root)
         for name, config, row in plans[stage]:
-            m = stage_runner(name, config)
-            if m is not None: rows[stage].append(record(row, m))
-            if name in runs.trained: finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], [])
-    return finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], [])
+            m = runner(stage)(name, config)
+            if m is not None:
+                rows[stage].append(record(row, m) | ({'final_depth': m['depth']} if stage == 'growth' else {}))
+            if name in runs.trained: finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], rows['growth'], recipes)
+    return finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], rows['growth'], recipes)
 
 
 def parity_summary(e2e: list[dict], fp32: list[dict]) -> dict | None:
@@ -296,15 +354,17 @@ def parity_summary(e2e: list[dict], fp32: list[dict]) -> dict | None:
     return out if spread is not None else out
 
 
-def finish(args, fp, runs, chosen, e2e, fp32, growth) -> int:
+def finish(args, fp, runs, chosen, e2e, fp32, growth, recipes) -> int:
     "Write results/frontier.json from what has finished; print the frontier and the verdict."
-    data = data_record(args.data_root) if (args.data_root / 'cifar10' / 'provenance.json').exists() else None
+    dataset = fp['common']['dataset']
+    info = get_info(dataset['name'])
     results = {
-        'dataset': fp['common']['dataset']['name'], 'data': data,
-        'train_images': 50000 - fp['common']['dataset']['val_size'], 'val_images': fp['common']['dataset']['val_size'],
-        'test_images': 10000, 'budget_epochs': fp['budget_epochs'], 'settings': fp,
+        'dataset': dataset['name'], 'data': data_record(args.data_root, dataset['name']),
+        'train_images': (dataset.get('subset') or info.num_train) - dataset['val_size'],
+        'val_images': dataset['val_size'], 'test_images': dataset.get('test_subset') or info.num_test,
+        'budget_epochs': fp['budget_epochs'], 'settings': fp,
         'targets': {'flops_ratio': FLOPS_TARGET, 'seconds_ratio': SECONDS_TARGET},
-        'selection': chosen, 'e2e': e2e, 'parity': parity_summary(e2e, fp32), 'parity_fp32': fp32,
+        'selection': chosen, 'recipe_selection': recipes, 'e2e': e2e, 'parity': parity_summary(e2e, fp32), 'parity_fp32': fp32,
         'frontier': envelope(mean_points(e2e)) if e2e else [], 'growth': growth,
         'verdict': verdict(e2e, growth, fp, chosen['schedule']) if chosen else None,
         'runs_trained_by_this_command': runs.trained}

@@ -129,13 +129,22 @@ def _apply_operators(net, plan, calibration, seed: int) -> tuple:
                              generator=derive_seed(seed, plan.index, 0, k))
         flops += f; ops.append(f"widen(stage={stage}, width={width}, init={settings['widen_init']})")
     for k, (stage, index) in enumerate(plan.inserts):
-        data = calibration if GROWTH_INITS[settings['init']].needs_data else None
-        sources.append(copy_source(net, stage, index) if settings['init'] == 'copy' else None)
-        f, net = count_flops(grow_depth, net, stage, index, init=settings['init'], data=data,
+        init, why = _depth_init(net, stage, index, settings['init'])
+        data = calibration if GROWTH_INITS[init].needs_data else None
+        sources.append(copy_source(net, stage, index) if init == 'copy' else None)
+        f, net = count_flops(grow_depth, net, stage, index, init=init, data=data,
                              generator=derive_seed(seed, plan.index, 1, k), copy_scale=copy_scale)
-        scale = f", copy_scale={copy_scale:g}" if settings['init'] == 'copy' else ''
-        flops += f; ops.append(f"grow_depth(stage={stage}, index={index}, init={settings['init']}{scale})")
+        scale = f", copy_scale={copy_scale:g}" if init == 'copy' else ''
+        flops += f; ops.append(f"grow_depth(stage={stage}, index={index}, init={init}{scale}){why}")
     return net, flops, ops, sources
+
+def _depth_init(net, stage: int, index: int, init: str) -> tuple[str, str]:
+    """`(init, note)`: `init`, except that `copy` into a stage whose only block downsamples (nothing of its shape to
+    copy, e.g. stages 1 and 2 of ResNet-8) is `zero`, exact, and says so in the event's ops."""
+    if init != 'copy': return init, ''
+    try: copy_source(net, stage, index)
+    except ValueError: return 'zero', ' (copy: no block of this shape in the stage to copy)'
+    return init, ''
 
 # %% ../nbs/15_growstep.ipynb #4096c203
 def grow(network: Network, optimizer, plan, births, optim: dict, calibration: tuple, seed: int = 0,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'benchmarks' / 'compute_to_accuracy.py'
@@ -50,3 +51,78 @@ def test_compute_to_accuracy_bad_input_fails_before_training(tmp_path, args, mes
     out = run_script('--regime', 'smoke', '--work-dir', str(tmp_path / 'runs'), '--results-dir', str(tmp_path), *args)
     assert out.returncode == 2 and message in out.stderr
     assert not (tmp_path / 'runs').exists()
+
+
+FRONTIER = ROOT / 'benchmarks' / 'frontier.py'
+# benchmarks/frontier.py at smoke size: synthetic data, ResNet-14 of width 4, B = 2 epochs, two seeds
+SMOKE_FRONTIER = {'frontier': {
+    'budget_epochs': 2, 'fractions': [0.5, 1.0], 'schedules': ['linear', 'cosine'], 'shallow_depths': [8],
+    'seeds': [0, 1], 'seed_budgets': [0.5, 1.0], 'select_seed': 100, 'select_lrs': [0.05, 0.1], 'parity_fraction': 0.5,
+    'common': {'dataset': {'name': 'synthetic', 'batch_size': 64, 'val_size': 64, 'eval_batch_size': 256},
+               'model': {'depth': 14, 'width': 4}, 'optim': {'lr': 0.1, 'schedule': 'linear', 'warmup_epochs': 0.5},
+               'train': {'amp_bf16': 'auto', 'progress': False, 'save_model': False}},
+    'measure_top': 1,
+    'recipes': {'zero-hold': {'strategy': {'name': 'incremental', 'grow_epochs': [1], 'lr_at_growth': 'hold'}},
+                'copy-auto': {'strategy': {'name': 'incremental', 'init': 'copy', 'grow_epochs': [1],
+                                           'lr_at_growth': 'hold', 'grow_when': {'threshold': 0.1}}},
+                'copy-to20': {'model': {'depth': 20}, 'train': {'epochs': 3},
+                              'strategy': {'name': 'incremental', 'init': 'copy', 'grow_epochs': [1, 2]}}}}}
+
+
+def run_frontier(tmp_path, params: dict, *args):
+    (tmp_path / 'params.yaml').write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(FRONTIER), '--params', str(tmp_path / 'params.yaml'), '--threads', '1',
+                           '--summary-dir', str(tmp_path / 'summaries'), '--work-dir', str(tmp_path / 'work'),
+                           '--results-dir', str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_frontier_smoke(tmp_path):
+    out = run_frontier(tmp_path, SMOKE_FRONTIER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / 'frontier.json').read_text())
+    for key in ('train_images', 'budget_epochs', 'e2e', 'growth', 'verdict', 'machine'):
+        assert key in result, key
+    assert (result['train_images'], result['budget_epochs']) == (512 - 64, 2)
+    # the peak rate is the best on validation among the grid (linear), then the schedule at that rate
+    sel = result['selection']
+    linear = [r for r in sel['runs'] if r['schedule'] == 'linear']
+    assert sel['lr'] == max(linear, key=lambda r: (r['val_acc'], -r['val_loss']))['lr']
+    # every budget on every seed, ResNet-8 at B, the other schedule on the first seed
+    e2e = {(r['depth'], r['epochs'], r['schedule'], r['seed']) for r in result['e2e']}
+    main = sel['schedule']
+    other = 'cosine' if main == 'linear' else 'linear'
+    assert {(14, e, main, s) for e in (1, 2) for s in (0, 1)} <= e2e and (8, 2, main, 0) in e2e
+    assert {(14, e, other, 0) for e in (1, 2)} <= e2e
+    for row in result['e2e'] + result['growth']:
+        assert set(row) >= {'seed', 'train_flops', 'train_seconds', 'test_acc', 'val_acc'}
+    # the frontier is the upper envelope: FLOPs and accuracy both increase along it
+    front = result['frontier']
+    assert all(a['train_flops'] < b['train_flops'] and a['test_acc'] < b['test_acc'] for a, b in zip(front, front[1:]))
+    # the best recipe on validation on every seed, the others on the first; a deeper final network for copy-to20
+    top = result['recipe_selection']['measured_on_every_seed']
+    growth = {(r['recipe'], r['seed']): r for r in result['growth']}
+    assert len(top) == 1 and {(top[0], 0), (top[0], 1)} <= set(growth) and len(growth) == 4
+    assert growth[('copy-to20', 0)]['final_depth'] == 20 and growth[('zero-hold', 0)]['final_depth'] == 14
+    assert result['parity']['seeds'] == [0, 1] and result['verdict']['recipe'] in SMOKE_FRONTIER['frontier']['recipes']
+    assert result['verdict']['met'] in (True, False)
+    # finished runs are read back, not retrained
+    again = run_frontier(tmp_path, SMOKE_FRONTIER, '--report')
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads((tmp_path / 'frontier.json').read_text())
+    assert second['e2e'] == result['e2e'] and second['growth'] == result['growth']
+    assert second['runs_trained_by_this_command'] == []
+
+
+def test_frontier_refuses_a_changed_configuration_and_bad_recipes(tmp_path):
+    small = yaml.safe_load(yaml.safe_dump(SMOKE_FRONTIER))
+    small['frontier']['select_lrs'] = [0.05]
+    small['frontier']['recipes'] = {}
+    assert run_frontier(tmp_path, small, '--only', 'select').returncode == 0
+    changed = yaml.safe_load(yaml.safe_dump(small))
+    changed['frontier']['common']['optim']['weight_decay'] = 0.01
+    out = run_frontier(tmp_path, changed, '--only', 'select')
+    assert out.returncode == 1 and 'holds a run with another configuration' in out.stderr
+    bad = yaml.safe_load(yaml.safe_dump(small))
+    bad['frontier']['recipes'] = {'nope': {'strategy': {'name': 'incremental', 'init': 'zeros'}}}
+    out = run_frontier(tmp_path, bad)
+    assert out.returncode == 2 and "frontier.recipes.nope: strategy.init must be one of" in out.stderr

@@ -163,3 +163,17 @@ def test_grow_gives_a_copy_its_neighbours_momentum(copy_scale):
             assert torch.allclose(neighbour, old * s if name in COPY_SCALED else old, rtol=1e-6, atol=0), name
             assert torch.equal(new.get_parameter(f'{copied}.{name}'), new.get_parameter(f'{source}.{name}'))
     assert 0 < event['max_logit_change'] < 10
+
+
+def test_a_stage_with_only_its_downsampling_block_gets_a_zero_block_when_copy_has_nothing_to_copy(tmp_path):
+    "ResNet-8 -> ResNet-14 with copy: stage 0 copies its block; stages 1 and 2 (one downsampling block) zero-init."
+    from incres.train import run
+    import json
+    config = {**TINY, 'model': {'depth': 20, 'width': 4}, 'train': {'epochs': 3, 'progress': False},
+              'strategy': {'name': 'incremental', 'init': 'copy', 'grow_epochs': [1, 2]}}
+    run(config, tmp_path / 'run')
+    first, second = [json.loads(line) for line in (tmp_path / 'run' / 'events.jsonl').read_text().splitlines()]
+    assert first['ops'] == ['grow_depth(stage=0, index=1, init=copy, copy_scale=0.5)',
+                            'grow_depth(stage=1, index=1, init=zero) (copy: no block of this shape in the stage to copy)',
+                            'grow_depth(stage=2, index=1, init=zero) (copy: no block of this shape in the stage to copy)']
+    assert all('init=copy' in op for op in second['ops'])  # the zero blocks born at the first growth are copied
