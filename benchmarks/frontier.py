@@ -318,15 +318,21 @@ def measure(args, fp: dict, runs: Runs) -> int:
           f"({len(chosen['runs'])} runs at {chosen['epochs']} epochs, seed {chosen['seed']}, validation)", flush=True)
     reading = Runs(args.summary_dir, args.work_dir, False)
     runner = lambda stage: runs if stage in args.only else reading
-    plans = {'e2e': e2e_plan(fp, chosen), 'parity': parity_plan(fp, chosen)}
+    # priority order, so that an interrupted benchmark has the verdict's runs first: e2e on every seed, the bf16
+    # check, the growth selection and the best recipes on every seed, then the rest of the frontier and of the recipes
+    e2e, core = e2e_plan(fp, chosen), len(fp['seeds']) * len(fp['seed_budgets'])
+    queue = [('e2e', e2e[:core]), ('parity', parity_plan(fp, chosen)), ('growth', 'top'), ('e2e', e2e[core:]),
+             ('growth', 'rest')]
     rows = {'e2e': [], 'parity': [], 'growth': []}
-    recipes = None
-    for stage in ('e2e', 'parity', 'growth'):
+    recipes = growth = None
+    for stage, units in queue:
         if stage == 'growth':
-            recipes = select_recipes(fp, runner('select'), chosen, args.data_root)
-            if recipes is None: break
-            plans['growth'] = growth_plan(fp, chosen, recipes, args.data_root)
-        for name, config, row in plans[stage]:
+            recipes = recipes or select_recipes(fp, runner('select'), chosen, args.data_root)
+            if recipes is None: continue  # its selection runs are not finished yet
+            growth = growth or growth_plan(fp, chosen, recipes, args.data_root)
+            top = len(fp['seeds']) * len(recipes['measured_on_every_seed'])
+            units = growth[:top] if units == 'top' else growth[top:]
+        for name, config, row in units:
             m = runner(stage)(name, config)
             if m is not None:
                 rows[stage].append(record(row, m) | ({'final_depth': m['depth']} if stage == 'growth' else {}))
