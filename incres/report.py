@@ -18,7 +18,17 @@ import pandas as pd
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['FIGURE_ORDER', 'render_notebook', 'write_report', 'find_chromium', 'check_in_browser']
+__all__ = ['FIGURE_ORDER', 'machine_paragraph', 'render_notebook', 'write_report', 'find_chromium', 'check_in_browser']
+
+# %% ../nbs/22_report.ipynb #dd3bfd27
+def machine_paragraph(rows: list) -> str:
+    "Where the runs' numbers came from (`incres.provenance` records in their metrics.json), as one HTML paragraph."
+    seen = {json.dumps(m, sort_keys=True): m for m in (r.get('machine') for r in rows) if m}
+    if not seen: return '<p>The runs do not record their machine (trained before incres.provenance).</p>'
+    lines = [f"{m['cpu']} ({', '.join(m['cpu_flags']) or 'no flags read'}), {m['device']}, {m['precision']}, "
+             f"torch {m['torch']} (oneDNN {m['onednn']}) with {m['torch_threads']} thread(s), lock "
+             f"{(m['lock_sha256'] or 'none')[:12]}, {m['date']}" for m in seen.values()]
+    return '<p>Trained on: ' + '; '.join(map(html.escape, sorted(set(lines)))) + '.</p>'
 
 # %% ../nbs/22_report.ipynb #abf1a222
 FIGURE_ORDER = ('function_preservation', 'accuracy_vs_compute', 'pareto', 'loss_at_growth', 'greedy_heads', 'block_deletion')
@@ -67,7 +77,7 @@ def write_report(reports_dir, out_dir=None, runs_dir=None, title: str = 'incres 
     if runs_dir and any(Path(runs_dir).glob('*/*/metrics.json')):
         rows = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob('*/*/metrics.json'))]
         keep = ['dataset', 'strategy', 'runs', 'test_acc', 'val_acc', 'train_flops', 'train_seconds', 'depth', 'params']
-        runs = ('<h2 id="runs">All runs (mean over seeds)</h2>'
+        runs = ('<h2 id="runs">All runs (mean over seeds)</h2>' + machine_paragraph(rows)
                 + pd.DataFrame(rows).reindex(columns=keep).to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}'))
     nav = ' · '.join(f'<a href="#{html.escape(p.name)}">{html.escape(p.name)}</a>' for p in folders)
     page = f"""<!doctype html>
