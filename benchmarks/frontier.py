@@ -11,7 +11,8 @@ Settings: params.yaml, section `frontier` (budget B, fractions, schedules, seeds
    on the *validation* split with `select_seed`, never a measurement seed.
 2. parity: bf16 autocast against fp32 at `parity_fraction` x B on every seed. bf16 is used for every other run only
    where the CPU or GPU computes it natively (`train.amp_bf16: auto`); the JSON records which ran.
-3. e2e: the target network (ResNet-20) at every fraction of B with both schedules on the first seed; `seed_budgets` on every seed with
+3. e2e: the target network (ResNet-20) at every fraction of B with both schedules on the first seed; `seed_budgets`
+   on every seed with
    the selected schedule; ResNet-8 and ResNet-14 at B. Seed-major, so that a slow spell hits every budget alike.
 
 The frontier is the upper envelope of the e2e runs' mean test accuracy against their training FLOPs, linear between
@@ -119,7 +120,8 @@ def select(fp: dict, runs: Runs) -> dict | None:
     found = {lr: runs(f'select/{r}-{epochs}ep-{first}-lr{lr}', e2e_config(fp, seed=seed, epochs=epochs, lr=lr,
                                                                           schedule=first)) for lr in fp['select_lrs']}
     if any(m is None for m in found.values()): return None
-    rows = [{'lr': lr, 'schedule': first, 'val_acc': m['val_acc'], 'val_loss': m['val_loss']} for lr, m in found.items()]
+    rows = [{'lr': lr, 'schedule': first, 'val_acc': m['val_acc'], 'val_loss': m['val_loss']}
+            for lr, m in found.items()]
     best = max(rows, key=lambda r: (r['val_acc'], -r['val_loss']))  # 5,000 images: 0.02 points each; loss breaks ties
     for schedule in others:
         m = runs(f'select/{r}-{epochs}ep-{schedule}-lr{best["lr"]}',
@@ -183,7 +185,8 @@ def select_recipes(fp: dict, runs: Runs, chosen: dict, data_root: Path) -> dict 
     rows = []
     for name, m in found.items():
         cost = cost_to_reach(frontier, m['val_acc'], key='val_acc')
-        rows.append({'recipe': name, 'val_acc': m['val_acc'], 'final_depth': m['depth'], 'train_flops': m['train_flops'],
+        rows.append({'recipe': name, 'val_acc': m['val_acc'], 'final_depth': m['depth'],
+                     'train_flops': m['train_flops'],
                      'flops_ratio': m['train_flops'] / cost['train_flops'] if cost else None,
                      'beyond_frontier': cost is None})
     ranked = sorted(rows, key=lambda r: (not r['beyond_frontier'], r['flops_ratio'] or 0.0))
@@ -231,7 +234,8 @@ def cost_to_reach(frontier: list[dict], acc: float, key: str = 'test_acc') -> di
     """FLOPs and seconds at which the frontier, linear between its points, first reaches `acc`; None if it never
     does. At or below its cheapest point: that point's cost (`cheapest: True`), an upper bound on e2e's cost."""
     if acc <= frontier[0][key]:
-        return {'train_flops': frontier[0]['train_flops'], 'train_seconds': frontier[0]['train_seconds'], 'cheapest': True}
+        cheapest = frontier[0]
+        return {'train_flops': cheapest['train_flops'], 'train_seconds': cheapest['train_seconds'], 'cheapest': True}
     for a, b in zip(frontier, frontier[1:]):
         if acc <= b[key]:
             t = (acc - a[key]) / (b[key] - a[key])
@@ -244,8 +248,8 @@ def verdict(e2e: list[dict], growth: list[dict], fp: dict, main_schedule: str) -
     points = mean_points(e2e)
     def point(fraction):
         epochs = epochs_at(fp, fraction)
-        return next((p for p in points if (p['depth'], p['epochs'], p['schedule']) == (target_depth(fp), epochs, main_schedule)),
-                    None)
+        key = (target_depth(fp), epochs, main_schedule)
+        return next((p for p in points if (p['depth'], p['epochs'], p['schedule']) == key), None)
     at_b, at_half = point(1.0), point(0.5)
     if not growth or at_b is None:
         return {'recipe': None, 'flops_ratio': None, 'seconds_ratio': None, 'acc_delta': None, 'met': None,
@@ -278,7 +282,8 @@ def data_record(data_root: Path, name: str) -> dict | None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--only', choices=STAGES, nargs='+', default=list(STAGES), help='stages to train (default: all)')
     p.add_argument('--report', action='store_true', help='train nothing: write the JSON from the finished runs')
     p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -295,7 +300,8 @@ def main(argv=None):
         import torch
         torch.set_num_threads(args.threads)
     for lr in fp['select_lrs']:  # every setting is checked before the first run starts
-        resolve_config(e2e_config(fp, seed=fp['select_seed'], epochs=epochs_at(fp, 0.5), lr=lr, data_root=args.data_root))
+        resolve_config(e2e_config(fp, seed=fp['select_seed'], epochs=epochs_at(fp, 0.5), lr=lr,
+                                  data_root=args.data_root))
     for name, recipe in fp['recipes'].items():
         try: resolve_config(growth_config(fp, recipe, seed=0, chosen={'lr': 0.1, 'schedule': 'linear'}))
         except ValueError as e: p.error(f'params.yaml frontier.recipes.{name}: {e}')
@@ -312,12 +318,12 @@ def main(argv=None):
 
 def measure(args, fp: dict, runs: Runs) -> int:
     "One pass over every stage: train what is not finished (and not held by another worker), read back the rest."
-    chosen = select(fp, runs if 'select' in args.only and not args.report else Runs(args.summary_dir, args.work_dir, False))
+    reading = Runs(args.summary_dir, args.work_dir, False)
+    runner = lambda stage: runs if stage in args.only else reading
+    chosen = select(fp, runner('select'))
     if chosen is None: return finish(args, fp, runs, None, [], [], [], None)
     print(f"selected: peak lr {chosen['lr']}, {chosen['schedule']} schedule "
           f"({len(chosen['runs'])} runs at {chosen['epochs']} epochs, seed {chosen['seed']}, validation)", flush=True)
-    reading = Runs(args.summary_dir, args.work_dir, False)
-    runner = lambda stage: runs if stage in args.only else reading
     # priority order, so that an interrupted benchmark has the verdict's runs first: e2e on every seed, the bf16
     # check, the growth selection and the best recipes on every seed, then the rest of the frontier and of the recipes
     e2e, core = e2e_plan(fp, chosen), len(fp['seeds']) * len(fp['seed_budgets'])
@@ -336,8 +342,8 @@ def measure(args, fp: dict, runs: Runs) -> int:
             m = runner(stage)(name, config)
             if m is not None:
                 rows[stage].append(record(row, m) | ({'final_depth': m['depth']} if stage == 'growth' else {}))
-            if name in runs.trained: finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], rows['growth'], recipes)
-    return finish(args, fp, runs, chosen, rows['e2e'], rows['parity'], rows['growth'], recipes)
+            if name in runs.trained: finish(args, fp, runs, chosen, *rows.values(), recipes)
+    return finish(args, fp, runs, chosen, *rows.values(), recipes)
 
 
 def parity_summary(e2e: list[dict], fp32: list[dict]) -> dict | None:
@@ -350,14 +356,13 @@ def parity_summary(e2e: list[dict], fp32: list[dict]) -> dict | None:
                       'mean': statistics.fmean(r['test_acc'] for r in rs),
                       'std': statistics.stdev([r['test_acc'] for r in rs]) if len(rs) > 1 else None}
     bf16, fp = arm([b for b, _ in pairs]), arm([f for _, f in pairs])
-    spread = max(bf16['std'] or 0.0, fp['std'] or 0.0)
     out = {'epochs': pairs[0][1]['epochs'], 'seeds': [f['seed'] for _, f in pairs], 'bf16': bf16, 'fp32': fp,
            'difference': bf16['mean'] - fp['mean'], 'speedup': bf16['images_per_second'] / fp['images_per_second']}
     # within noise: the means differ by less than two standard errors of the difference
     se = math.sqrt(((bf16['std'] or 0) ** 2 + (fp['std'] or 0) ** 2) / len(pairs)) if len(pairs) > 1 else None
     out['within_noise'] = None if se is None else abs(out['difference']) <= 2 * se
     out['standard_error'] = se
-    return out if spread is not None else out
+    return out
 
 
 def finish(args, fp, runs, chosen, e2e, fp32, growth, recipes) -> int:
@@ -370,7 +375,8 @@ def finish(args, fp, runs, chosen, e2e, fp32, growth, recipes) -> int:
         'val_images': dataset['val_size'], 'test_images': dataset.get('test_subset') or info.num_test,
         'budget_epochs': fp['budget_epochs'], 'settings': fp,
         'targets': {'flops_ratio': FLOPS_TARGET, 'seconds_ratio': SECONDS_TARGET},
-        'selection': chosen, 'recipe_selection': recipes, 'e2e': e2e, 'parity': parity_summary(e2e, fp32), 'parity_fp32': fp32,
+        'selection': chosen, 'recipe_selection': recipes, 'e2e': e2e, 'parity': parity_summary(e2e, fp32),
+        'parity_fp32': fp32,
         'frontier': envelope(mean_points(e2e)) if e2e else [], 'growth': growth,
         'verdict': verdict(e2e, growth, fp, chosen['schedule']) if chosen else None,
         'runs_trained_by_this_command': runs.trained}
