@@ -86,17 +86,19 @@ repro: $(STAMP) data
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 	@echo "Report: reports/html/index.html (figures and tables in reports/<dataset>/; metrics: .venv/bin/dvc metrics show)"
 
-## The `gpu` profile on one CUDA GPU (params.yaml's profiles.gpu, gpu/dvc.yaml; benchmarks/README.md): ResNet-56 on the
-## whole of CIFAR-10, e2e and two growth recipes, one seed, sized for at most 8 minutes on an H100-class GPU. A pipeline
-## of its own, so params.yaml stays as it is and the main pipeline's results are not touched; results in gpu/.
+## The `gpu` profile on one CUDA GPU (params.yaml's profiles.gpu, benchmarks/gpu/dvc.yaml; benchmarks/README.md):
+## ResNet-56 on the whole of CIFAR-10, e2e and two growth recipes, one seed, sized for at most 8 minutes on an
+## H100-class GPU. A pipeline of its own, so params.yaml stays as it is and the main pipeline's results are not
+## touched; results in benchmarks/gpu/.
 .PHONY: repro-gpu
 repro-gpu: $(STAMP) data
 	@$(BIN)/python -c 'import sys, torch; torch.cuda.is_available() or sys.exit("repro-gpu: torch sees no CUDA GPU; \
 	the gpu profile would train ResNet-56 for hours on the CPU")'
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro gpu/dvc.yaml
-	@for f in gpu/reports/*/compute_to_accuracy.md; do echo "$$f:"; cat "$$f"; done
-	@$(BIN)/python benchmarks/mfu.py --show gpu/results/mfu-gpu.json
-	@echo "Runs: gpu/runs/<dataset>/<strategy>/; figures: gpu/reports/<dataset>/; metrics: .venv/bin/dvc metrics show"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro benchmarks/gpu/dvc.yaml
+	@for f in benchmarks/gpu/reports/*/compute_to_accuracy.md; do echo "$$f:"; cat "$$f"; done
+	@$(BIN)/python benchmarks/mfu.py --show benchmarks/gpu/results/mfu-gpu.json
+	@echo "Runs: benchmarks/gpu/runs/<dataset>/<strategy>/; figures: benchmarks/gpu/reports/<dataset>/;" \
+	  "metrics: .venv/bin/dvc metrics show"
 
 ## The performance benchmarks (benchmarks/README.md), each writing benchmarks/results/<name>.json; about 1 hour on
 ## 2 CPU cores, almost all of it compute_to_accuracy (21 ResNet-20 runs). Run on an otherwise idle machine, then

@@ -4,8 +4,8 @@ the same run.
 
     .venv/bin/python benchmarks/mfu.py                          # ResNet-8, -20, -56 on the CPU (and CUDA if present)
     .venv/bin/python benchmarks/mfu.py --depths 20 --seconds 5 --threads 1
-    .venv/bin/python benchmarks/mfu.py --devices cuda --precision bf16 --batch-size 512 --runs gpu/runs \
-        --results-dir gpu/results --name mfu-gpu               # the GPU pipeline's stage (gpu/dvc.yaml)
+    .venv/bin/python benchmarks/mfu.py --devices cuda --precision bf16 --batch-size 512 --runs benchmarks/gpu/runs \
+        --results-dir benchmarks/gpu/results --name mfu-gpu   # the GPU pipeline's stage (benchmarks/gpu/dvc.yaml)
 
 A training step is what `incres.train.Trainer` runs for end-to-end training: `TrainStep` forward (cross-entropy),
 backward, SGD step (momentum 0.9, Nesterov, weight decay 1e-4), zero_grad, channels-last, on random CIFAR-shaped

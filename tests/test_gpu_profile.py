@@ -1,4 +1,5 @@
-"""The `gpu` profile (params.yaml's profiles.gpu, run by `make repro-gpu` = `dvc repro gpu/dvc.yaml`) cannot rot
+"""The `gpu` profile (params.yaml's profiles.gpu, run by `make repro-gpu` = `dvc repro benchmarks/gpu/dvc.yaml`)
+cannot rot
 without a GPU: its parameters derive, every run configuration resolves, the pipeline file reads them, its time estimate
 stays inside the budget, and its runs train on the CPU with the profile's settings at smoke size."""
 import importlib.util
@@ -15,7 +16,7 @@ from incres.strategies import merge
 from incres.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location('derive_params', ROOT/'gpu'/'derive_params.py')
+SPEC = importlib.util.spec_from_file_location('derive_params', ROOT/'benchmarks'/'gpu'/'derive_params.py')
 derive_params = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(derive_params)
 
@@ -68,7 +69,7 @@ def test_the_profile_fits_its_time_budget(runs):
 
 
 def test_derive_writes_what_the_notebooks_read(tmp_path, params):
-    out = subprocess.run([sys.executable, str(ROOT/'gpu'/'derive_params.py'), str(ROOT/'params.yaml'),
+    out = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'gpu'/'derive_params.py'), str(ROOT/'params.yaml'),
                           str(tmp_path/'params.resolved.yaml')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'min of training and evaluation at 25,000 images/s' in out.stderr
@@ -89,19 +90,21 @@ def test_derive_refuses_a_bad_grid(params):
 
 
 def test_the_gpu_pipeline_runs_every_cell_of_the_grid(gpu):
-    pipeline = yaml.safe_load((ROOT/'gpu'/'dvc.yaml').read_text())
-    assert pipeline['vars'] == ['../params.yaml']
+    pipeline = yaml.safe_load((ROOT/'benchmarks'/'gpu'/'dvc.yaml').read_text())
+    assert pipeline['vars'] == ['../../params.yaml']
     stage = pipeline['stages']['run']
     assert stage['matrix'] == {'dataset': '${profiles.gpu.grid.datasets}',
                                'strategy': '${profiles.gpu.grid.strategies}'}
-    assert '-p params_path ../gpu/params.resolved.yaml' in stage['cmd']
-    out = subprocess.run([sys.executable, '-m', 'dvc', 'stage', 'list', 'gpu/dvc.yaml'], cwd=ROOT, capture_output=True,
+    assert '-p params_path ../benchmarks/gpu/params.resolved.yaml' in stage['cmd']
+    out = subprocess.run([sys.executable, '-m', 'dvc', 'stage', 'list', 'benchmarks/gpu/dvc.yaml'], cwd=ROOT,
+                         capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
-    cells = [f'gpu/dvc.yaml:run@{d}-{s}' for d in gpu['datasets'] for s in gpu['strategies']]
-    assert names == (['gpu/dvc.yaml:derive'] + cells + [f'gpu/dvc.yaml:figures@{d}' for d in gpu['datasets']]
-                     + ['gpu/dvc.yaml:mfu'])
+    cells = [f'benchmarks/gpu/dvc.yaml:run@{d}-{s}' for d in gpu['datasets'] for s in gpu['strategies']]
+    pipeline = 'benchmarks/gpu/dvc.yaml'
+    assert names == ([f'{pipeline}:derive'] + cells + [f'{pipeline}:figures@{d}' for d in gpu['datasets']]
+                     + ['benchmarks/gpu/dvc.yaml:mfu'])
 
 
 # the profile's runs at smoke size: synthetic 16x16 images, width 4, a few epochs; every other setting the profile's

@@ -1,8 +1,11 @@
-"""The GPU pipeline's parameters (gpu/dvc.yaml, `make repro-gpu`): params.yaml with a profile selected (`gpu`) and
+"""The GPU pipeline's parameters (benchmarks/gpu/dvc.yaml, `make repro-gpu`): params.yaml with a profile selected
+(`gpu`) and
 only that profile's grid, written to a file of its own, so that params.yaml itself is never modified.
 
-    python gpu/derive_params.py params.yaml gpu/params.resolved.yaml             # what the pipeline's first stage runs
-    python gpu/derive_params.py params.yaml - --images-per-second 31000         # print it, and the time at that rate
+    # what the pipeline's first stage runs
+    python benchmarks/gpu/derive_params.py params.yaml benchmarks/gpu/params.resolved.yaml
+    # print it, and the time at that rate
+    python benchmarks/gpu/derive_params.py params.yaml - --images-per-second 31000
 
 The profile's `grid` names the datasets and strategies to run (the main pipeline runs every one in params.yaml); its
 `strategy` section adds strategies of its own to params.yaml's `strategy:` (a name in both is an error). Every run
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     params = derive(yaml.safe_load(Path(args.params).read_text()), args.profile)
     runs = run_configs(params)
-    header = f'# derived from {args.params} by gpu/derive_params.py: do not edit\n'
+    header = f'# derived from {args.params} by benchmarks/gpu/derive_params.py: do not edit\n'
     text = header + yaml.safe_dump(params, sort_keys=False)
     if args.out == '-': print(text, end='')
     else: atomic_write(Path(args.out), text)
