@@ -381,17 +381,29 @@ def finish(args, fp, runs, chosen, e2e, fp32, growth, recipes) -> int:
         'verdict': verdict(e2e, growth, fp, chosen['schedule']) if chosen else None,
         'runs_trained_by_this_command': runs.trained}
     path = write_results('frontier', results, args.results_dir)
-    for point in results['frontier']:
-        print(f"frontier: ResNet-{point['depth']} {point['epochs']:>2} ep {point['schedule']:<6} "
-              f"{point['test_acc']:.4f} ({point['seeds']} seeds)  {point['train_flops']:.3e} FLOPs  "
-              f"{point['train_seconds']:.0f} s", flush=True)
+    print(markdown(results), f'results: {path}', sep='\n', flush=True)
+    return 0
+
+
+def markdown(results: dict) -> str:
+    "The results as the Markdown tables the README quotes: every e2e budget, every growth recipe, the verdict."
+    def table(rows, cols):
+        def fmt(v): return (f'{v:.4f}' if v < 10 else f'{v:.3g}') if isinstance(v, float) else str(v)
+        return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+                         + ['| ' + ' | '.join(fmt(r.get(c)) for c in cols) + ' |' for r in rows])
+    out = [table(sorted(mean_points(results['e2e']), key=lambda r: r['train_flops']),
+                 ['depth', 'epochs', 'schedule', 'seeds', 'test_acc', 'test_acc_std', 'train_flops', 'train_seconds'])]
+    if results['growth']:
+        out.append(table(sorted(mean_points(results['growth'], keys=('recipe', 'final_depth')),
+                                key=lambda r: r['train_flops']),
+                         ['recipe', 'final_depth', 'seeds', 'test_acc', 'test_acc_std', 'train_flops',
+                          'train_seconds']))
     v = results['verdict']
     if v is not None and v['met'] is not None:
-        print(f"verdict: {v['recipe']} {'meets' if v['met'] else 'does not meet'} the target: FLOPs ratio "
-              f"{v['flops_ratio']}, seconds ratio {v['seconds_ratio']}, {v['acc_delta']:+.4f} against e2e at B")
-    elif v is not None: print(f"verdict: {v['why']}")
-    print(f'results: {path}', flush=True)
-    return 0
+        out.append(f"verdict: {v['recipe']} {'meets' if v['met'] else 'does not meet'} the target: FLOPs ratio "
+                   f"{v['flops_ratio']}, seconds ratio {v['seconds_ratio']}, {v['acc_delta']:+.4f} against e2e at B")
+    elif v is not None: out.append(f"verdict: {v['why']}")
+    return '\n\n'.join(out)
 
 
 if __name__ == '__main__':
