@@ -118,3 +118,9 @@ export: $(STAMP)
 	$(BIN)/nbdev_export
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
+
+## The documentation site, without Quarto (.ci/docs.py): every notebook under nbs/ as one HTML page in _docs/
+## (nbconvert, figures embedded), each with a sidebar in nbs/index.ipynb's reading order. Open _docs/index.html.
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python .ci/docs.py _docs
