@@ -18,8 +18,8 @@ from torch import nn
 from .resnet import BasicBlock, ChannelMapShortcut, PlainLayer, ProjectionShortcut, ResNet, init_weights
 
 # %% auto #0
-__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'COPY_SCALED', 'GrowthInit',
-           'function_gap', 'insertion_points', 'copy_source', 'grow_depth', 'widen']
+__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'COPY_SCALED', 'NET2NET_NOISE',
+           'GrowthInit', 'function_gap', 'insertion_points', 'copy_source', 'grow_depth', 'widen']
 
 # %% ../nbs/01_growth.ipynb #04e47a93
 PRESERVES = ('exact', 'approx', 'no')
@@ -453,12 +453,14 @@ class _Widener:
         raise ValueError(f"cannot widen a shortcut of type {type(shortcut).__name__}")
 
 # %% ../nbs/01_growth.ipynb #5b80c1e9
+NET2NET_NOISE = 1e-2  # init='net2net_noise': relative std of the symmetry-breaking noise unless `noise` is given
+
 def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: float = 0.0,
           data: torch.Tensor | None = None, generator=None) -> ResNet:
     """A copy of `model` whose stage `stage` has `width` channels (Net2WiderNet, Chen et al. 2016, §3.1).
 
-    `init` is one of `WIDEN_INITS` (`net2net`, random pad, `paired`); `noise` (≥ 0, net2net only) is the relative
-    std of symmetry-breaking noise;
+    `init` is one of `WIDEN_INITS` (`net2net`, `net2net_noise`, random pad, `paired`); `noise` (≥ 0, net2net only)
+    is the relative std of symmetry-breaking noise (`net2net_noise`: `NET2NET_NOISE` unless `noise` > 0);
     `data` is accepted for a uniform signature and not used; `generator`: None, an int seed or a CPU
     torch.Generator. The input model is untouched. Not for torchvision ResNets (a `NotImplementedError`)."""
     if not isinstance(model, ResNet):
@@ -477,6 +479,7 @@ def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: f
     try: noise = float(noise)
     except (TypeError, ValueError): noise = float('nan')
     if not noise >= 0: raise ValueError(f"noise must be a number >= 0 (relative std of the symmetry-breaking noise)")
+    if init == 'net2net_noise': init, noise = 'net2net', noise or NET2NET_NOISE
     generator = _as_generator(generator)
     like = next(model.parameters())
     new, w = copy.deepcopy(model), _Widener(init, noise, generator, like)
@@ -510,6 +513,15 @@ def _net2net_widen(model, stage, width, noise=0.0, data=None, generator=None):
     their count. Exact in eval and train mode (replicated channels have identical batch statistics) with
     noise=0; `noise` breaks the symmetry between copies at the price of exactness."""
     return widen(model, stage, width, 'net2net', noise, data, generator)
+
+@_register(WIDEN_INITS, 'widen', 'net2net_noise',
+           'Chen, Goodfellow & Shlens, "Net2Net: Accelerating Learning via Knowledge Transfer", ICLR 2016, §3.1 '
+           '(Net2WiderNet, noise to break symmetry)', 'approx')
+def _net2net_noise_widen(model, stage, width, noise=0.0, data=None, generator=None):
+    """Net2WiderNet with symmetry-breaking noise: as `net2net`, plus Gaussian noise of relative std `noise`
+    (`NET2NET_NOISE` = 1e-2 unless `noise` > 0) on the consumer weights of the copies, so that the copies receive
+    different gradients and separate in training. Changes the function by about the noise's size."""
+    return widen(model, stage, width, 'net2net_noise', noise, data, generator)
 
 @_register(WIDEN_INITS, 'widen', 'random',
            "Random pad, the baseline of Chen et al. 2016 (§4); new weights as incres.resnet.init_weights", 'no')

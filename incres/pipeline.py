@@ -18,7 +18,7 @@ from .io import atomic_write
 
 # %% auto #0
 __all__ = ['SMOKE_PARAMS', 'HEADLINE', 'check_params', 'load_params', 'experiment_runs', 'run_experiment', 'load_runs',
-           'compute_to_accuracy', 'block_deletion']
+           'compute_to_accuracy', 'widening_curves', 'widening_comparison', 'block_deletion']
 
 # %% ../nbs/07_pipeline.ipynb #398f8937
 SMOKE_PARAMS = {
@@ -145,6 +145,51 @@ def compute_to_accuracy(metrics: pd.DataFrame, history: pd.DataFrame, reference:
         total_flops_ratio=('total_flops_ratio', 'mean'), total_seconds_ratio=('total_seconds_ratio', 'mean'))
     table.attrs['target_acc'] = float(target)
     return table
+
+# %% ../nbs/07_pipeline.ipynb #1c498cea
+import numpy as np
+
+def widening_curves(history: pd.DataFrame, events: pd.DataFrame, students, reference: str = 'e2e') -> pd.DataFrame:
+    """Accuracy per epoch (mean over seeds) of widened students, against the training FLOPs since their widening
+    (`part`: `teacher` before it, `student` after), and of `reference` since its start (`scratch`)."""
+    parts = []
+    for key in [*students, reference]:
+        h = history[history.strategy_key == key]
+        if h.empty: continue
+        if key == reference:
+            parts.append(h.assign(flops_since=h.train_flops, part='scratch')); continue
+        ev = (events[(events.strategy_key == key) & events.widen_init.notna()] if 'widen_init' in events
+              else events.iloc[:0])
+        if ev.empty or ev.groupby('run').size().max() != 1:
+            raise ValueError(f"{key}: expected one widening event per run, found {len(ev)} in {h.run.nunique()} run(s)")
+        at = ev.set_index('run')
+        h = h[h.run.isin(at.index)]
+        parts.append(h.assign(flops_since=h.train_flops - h.run.map(at.cum_train_flops),
+                              part=np.where(h.epoch > h.run.map(at.epoch), 'student', 'teacher')))
+    if not parts: return pd.DataFrame(columns=['strategy_key', 'part', 'epoch', 'flops_since', 'train_acc', 'test_acc'])
+    columns = ['flops_since', 'train_acc', 'test_acc']
+    return (pd.concat(parts).dropna(subset=['test_acc'])
+            .groupby(['strategy_key', 'part', 'epoch'], as_index=False, sort=False)[columns].mean())
+
+def widening_comparison(curves: pd.DataFrame, students, others: dict) -> pd.DataFrame:
+    """Per student: its final test accuracy, and for each `others` entry `{name: (strategy_key, part)}` the student's
+    test accuracy minus that curve's at equal FLOPs since widening (`<name>_equal_flops`: mean over the student's
+    evaluations after widening, the other curve interpolated) and at the end (`<name>_final`)."""
+    def curve(key, part):
+        c = curves[(curves.strategy_key == key) & (curves.part == part)].sort_values('flops_since')
+        return c.flops_since.to_numpy(float), c.test_acc.to_numpy(float)
+    rows = []
+    for s in students:
+        x, y = curve(s, 'student')
+        if not len(x): continue
+        row = {'strategy': s, 'evaluations': len(x), 'final_test_acc': y[-1]}
+        for name, (key, part) in others.items():
+            cx, cy = curve(key, part)
+            ok = key != s and len(cx) > 0
+            row[f'{name}_equal_flops'] = float(np.mean(y - np.interp(x, cx, cy))) if ok else float('nan')
+            row[f'{name}_final'] = float(y[-1] - cy[-1]) if ok else float('nan')
+        rows.append(row)
+    return pd.DataFrame(rows).set_index('strategy') if rows else pd.DataFrame()
 
 # %% ../nbs/07_pipeline.ipynb #46fff9fe
 import torch

@@ -31,7 +31,8 @@ def machine_paragraph(rows: list) -> str:
     return '<p>Trained on: ' + '; '.join(map(html.escape, sorted(set(lines)))) + '.</p>'
 
 # %% ../nbs/22_report.ipynb #abf1a222
-FIGURE_ORDER = ('function_preservation', 'accuracy_vs_compute', 'pareto', 'loss_at_growth', 'greedy_heads', 'block_deletion')
+FIGURE_ORDER = ('function_preservation', 'accuracy_vs_compute', 'pareto', 'loss_at_growth', 'net2net_widening',
+                'greedy_heads', 'block_deletion')
 _LOADED = """<script>
 window.addEventListener('load', () => {
   const imgs = Array.from(document.images);

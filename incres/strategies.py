@@ -106,7 +106,8 @@ def _growth_phases(cfg, p):
     "Phases of a growth preset: start small, add `blocks_per_growth` blocks per unfinished stage at each growth epoch."
     final = final_stage_depths(cfg['model'])
     epochs = cfg['train']['epochs']
-    start = list(p['start_depths']) if p['start_depths'] is not None else [1] * len(final)
+    start = ([1] * len(final) if p['start_depths'] is None else list(final) if p['start_depths'] == 'final'
+             else list(p['start_depths']))
     if len(start) != len(final):
         raise ValueError(f"strategy.start_depths has {len(start)} stages but the final network has {len(final)}: {final}")
     bad = [i for i, (s, f) in enumerate(zip(start, final)) if not (isinstance(s, int) and 1 <= s <= f)]
@@ -275,7 +276,7 @@ CHECKS = {
                 'memory_budget_gb': _num(float, 0, lo_open=True)},
 }
 PARAM_CHECKS = {
-    'start_depths': _int_list(optional=True), 'start_width': _num(int, 1, optional=True),
+    'start_depths': lambda v, w: _start_depths(v, w), 'start_width': _num(int, 1, optional=True),
     'grow_epochs': _int_list(optional=True), 'grow_by': _num(float, 0, 1, lo_open=True),
     'blocks_per_growth': _num(int, 1), 'init': lambda v, w: _growth_init(v, w), 'widen_init': lambda v, w: _widen_init(v, w),
     'position': _choice(*POSITIONS), 'trainable': _choice(*TRAINABLE), 'new_only_epochs': _num(int, 0),
@@ -298,6 +299,14 @@ def _grow_when(v, where):
     return {'metric': _choice(*GROW_METRICS)(v['metric'], where + '.metric'),
             'window': _num(int, 1)(v['window'], where + '.window'),
             'threshold': _num(float, 0, lo_open=True)(v['threshold'], where + '.threshold')}
+
+def _start_depths(v, where):
+    "Blocks per stage of the first network: a list, `final` (the final network's: widening only) or null (ResNet-8)."
+    if v is None or v == 'final': return v
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+        return [int(x) for x in v]
+    _fail(where, "a non-empty list of positive integers, 'final' (the final network's depths: widening only) "
+          "or null", v)
 
 def _growth_init(v, where):
     from incres.growth import GROWTH_INITS

@@ -243,7 +243,7 @@ def test_registries_document_every_init():
             assert spec.preserves_function in ('exact', 'approx', 'no')
     assert list(GROWTH_INITS) == ['zero', 'both_zero', 'random', 'net2deeper', 'dils_analytic', 'dils_approx', 'copy',
                                   'gaussian_bn']
-    assert list(WIDEN_INITS) == ['net2net', 'random', 'paired']
+    assert list(WIDEN_INITS) == ['net2net', 'net2net_noise', 'random', 'paired']
     assert {k for k, v in GROWTH_INITS.items() if v.needs_data} == {'net2deeper', 'dils_analytic', 'dils_approx'}
     assert {k for k, v in GROWTH_INITS.items() if v.edits_model} == {'copy'}
     assert not any(v.edits_model for v in WIDEN_INITS.values())
