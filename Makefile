@@ -82,8 +82,13 @@ data: $(STAMP) system
 	$(BIN)/incres data prepare cifar10 --if-missing $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
 	$(BIN)/dvc commit -q -f data.dvc
 
+# One torch thread per process unless OMP_NUM_THREADS says otherwise: a CPU's results depend on the thread count
+# (reduction order), and the committed outputs were made with one, so `make repro` reproduces them bit for bit on a
+# machine of the same kind whatever its number of cores (the runs record it: metrics.json's machine.torch_threads).
+REPRO_THREADS ?= $(or $(OMP_NUM_THREADS),1)
+
 repro: $(STAMP) data
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+	OMP_NUM_THREADS=$(REPRO_THREADS) PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 	@echo "Report: reports/html/index.html (figures and tables in reports/<dataset>/; metrics: .venv/bin/dvc metrics show)"
 
 ## The `gpu` profile on one CUDA GPU (params.yaml's profiles.gpu, benchmarks/gpu/dvc.yaml; benchmarks/README.md):
