@@ -20,11 +20,25 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 # %% ../nbs/00_resnet.ipynb #357f3777
 class ChannelMapShortcut(nn.Module):
-    "Parameter-free shortcut: subsample by `stride`, then output channel `j` is input channel `index[j]` (zero where `index[j] == -1`)."
+    """Parameter-free shortcut: subsample by `stride`, then output channel `j` is input channel `index[j]` (zero where
+    `index[j] == -1`). The map's shape is read to the host once (here and by `load_state_dict`), so that `forward`
+    never waits for a GPU; set `index` through those two, not in place."""
     def __init__(self, index, stride: int = 1):
         super().__init__()
         self.stride = stride
         self.register_buffer('index', torch.as_tensor(index, dtype=torch.long), persistent=True)
+        self._read_layout(index)
+
+    def _read_layout(self, index=None):
+        "The map's shape, read on the host (from the argument where the buffer is on the meta device: no data)."
+        index = torch.as_tensor(self.index if index is None else index, dtype=torch.long, device='cpu')
+        n_in = int((index >= 0).sum())
+        self._in_channels = int(index.max()) + 1
+        self._zero_pad = n_in == self._in_channels and bool((index[:n_in] == torch.arange(n_in, device='cpu')).all())
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._read_layout()
 
     @classmethod
     def zero_pad(cls, in_channels: int, out_channels: int, stride: int):
@@ -32,17 +46,14 @@ class ChannelMapShortcut(nn.Module):
         return cls(list(range(in_channels)) + [-1] * (out_channels - in_channels), stride)
 
     @property
-    def in_channels(self) -> int: return int(self.index.max()) + 1
+    def in_channels(self) -> int: return self._in_channels
     @property
     def out_channels(self) -> int: return len(self.index)
-
-    def _is_zero_pad(self) -> bool:
-        n_in = int((self.index >= 0).sum())
-        return bool((self.index[:n_in] == torch.arange(n_in, device=self.index.device)).all()) and n_in == self.in_channels
+    def _is_zero_pad(self) -> bool: return self._zero_pad  # He et al.'s option A, unmodified
 
     def forward(self, x):
         if self.stride > 1: x = x[:, :, ::self.stride, ::self.stride]
-        if self._is_zero_pad() and x.shape[1] == self.in_channels:  # fast path: plain padding, the unmodified option A
+        if self._zero_pad and x.shape[1] == self.in_channels:  # fast path: plain padding, the unmodified option A
             return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
         padded = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
         return padded[:, self.index]  # index -1 selects the appended zero channel
