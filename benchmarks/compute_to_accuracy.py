@@ -1,7 +1,7 @@
 r"""Compute to accuracy: does a growth schedule reach the end-to-end network's final test accuracy for at most half its
 training FLOPs and 0.6x its wall-clock? Every strategy of params.yaml, same data, seeds and evaluation, one process.
 
-    .venv/bin/python benchmarks/compute_to_accuracy.py                       # quick regime, seeds 0 1 2 (~1 h on 2 cores)
+    .venv/bin/python benchmarks/compute_to_accuracy.py              # quick regime, seeds 0 1 2 (~1 h on 2 cores)
     .venv/bin/python benchmarks/compute_to_accuracy.py --regime full-data --seeds 0 --strategies e2e zero selected \
         --selected zero-x2-7-newfirst                                       # the whole training set (~35 min)
 
@@ -59,13 +59,14 @@ CANDIDATES = {
     'zero-6-8-rewarm': ('zero', {'strategy': {'grow_epochs': [6, 8], 'lr_at_growth': 'rewarm'}}),
     'zero-6-8-newlr3': ('zero', {'strategy': {'grow_epochs': [6, 8], 'new_lr_scale': 3.0}}),
     # freezing: train only the new blocks (and the head) for the first epoch after growth, then everything
-    'zero-x2-7-newfirst': ('zero', {'strategy': {'grow_epochs': [7], 'blocks_per_growth': 2, 'trainable': 'new_then_all',
-                                                 'new_only_epochs': 1}}),
+    'zero-x2-7-newfirst': ('zero', {'strategy': {'grow_epochs': [7], 'blocks_per_growth': 2,
+                                                 'trainable': 'new_then_all', 'new_only_epochs': 1}}),
     'random-6-8': ('random', {'strategy': {'grow_epochs': [6, 8]}}),
     'net2net-6-8': ('net2net', {'strategy': {'grow_epochs': [6, 8]}}),
     'dils-6-8': ('dils', {'strategy': {'grow_epochs': [6, 8]}}),
 }
-SMOKE_CANDIDATES = {'zero-4': ('zero', {'strategy': {'grow_epochs': [4]}}), 'zero-5': ('zero', {'strategy': {'grow_epochs': [5]}})}
+SMOKE_CANDIDATES = {'zero-4': ('zero', {'strategy': {'grow_epochs': [4]}}),
+                    'zero-5': ('zero', {'strategy': {'grow_epochs': [5]}})}
 
 # A regime: the params profile it starts from (`None`: params.yaml's `quick`), the dataset, overrides of the
 # profile's `common` section, and the candidate schedules.
@@ -73,7 +74,8 @@ REGIMES = {
     # exactly the pipeline's quick runs: seed 0 reproduces runs/cifar10/<strategy> bit for bit on a CPU
     'quick': {'profile': None, 'dataset': 'cifar10', 'common': {}, 'candidates': CANDIDATES},
     'full-data': {'profile': None, 'dataset': 'cifar10', 'candidates': CANDIDATES,
-                  'common': {'dataset': {'subset': None, 'val_size': 5000, 'test_subset': None, 'eval_batch_size': 1000}}},
+                  'common': {'dataset': {'subset': None, 'val_size': 5000, 'test_subset': None,
+                                         'eval_batch_size': 1000}}},
     # seconds on synthetic data with incres.pipeline.SMOKE_PARAMS: for the test suite, not a measurement
     'smoke': {'profile': 'smoke', 'dataset': 'synthetic', 'common': {}, 'candidates': SMOKE_CANDIDATES},
 }
@@ -107,7 +109,8 @@ def flops_ratio(metrics: dict, reference: dict) -> float: return metrics['train_
 
 
 def same_network(metrics: dict, reference: dict) -> bool:
-    "Whether a run ends in the reference's architecture (Net2Net and DILS insert plain layers: a shallower final network)."
+    ("Whether a run ends in the reference's architecture "
+     "(Net2Net and DILS insert plain layers: a shallower final network).")
     return (metrics['depth'], metrics['params'], metrics['stage_depths']) == (reference['depth'], reference['params'],
                                                                           reference['stage_depths'])
 
@@ -119,20 +122,24 @@ def select(params, args, work_dir: Path) -> tuple[str, list]:
              'seconds_ratio': 1.0, 'depth': reference['depth'], 'params': reference['params'], 'same_network': True}]
     for name, (strategy, overrides) in REGIMES[args.regime]['candidates'].items():
         m, _ = train(run_config(params, args.regime, strategy, args.select_seed, overrides), work_dir / 'select' / name)
-        rows.append({'schedule': name, 'val_acc': m['val_acc'], 'val_loss': m['val_loss'], 'flops_ratio': flops_ratio(m, reference),
+        rows.append({'schedule': name, 'val_acc': m['val_acc'], 'val_loss': m['val_loss'],
+                     'flops_ratio': flops_ratio(m, reference),
                      'seconds_ratio': m['train_seconds'] / reference['train_seconds'], 'depth': m['depth'],
                      'params': m['params'], 'same_network': same_network(m, reference)})
-        print(f"  {name:>18}: val acc {m['val_acc']:.3f}  val loss {m['val_loss']:.3f}  FLOPs {rows[-1]['flops_ratio']:.2f}x  "
-              f"seconds {rows[-1]['seconds_ratio']:.2f}x  (e2e val acc {reference['val_acc']:.3f})", flush=True)
+        print(f"  {name:>18}: val acc {m['val_acc']:.3f}  val loss {m['val_loss']:.3f}  "
+              f"FLOPs {rows[-1]['flops_ratio']:.2f}x  seconds {rows[-1]['seconds_ratio']:.2f}x  "
+              f"(e2e val acc {reference['val_acc']:.3f})", flush=True)
     eligible = [r for r in rows[1:] if r['flops_ratio'] <= args.budget and r['same_network']]
-    if not eligible: raise SystemExit(f'no candidate schedule ends in the end-to-end network for at most {args.budget}x its FLOPs; '
-                                      f'add one to CANDIDATES')
+    if not eligible:
+        raise SystemExit(f'no candidate schedule ends in the end-to-end network for at most {args.budget}x its FLOPs; '
+                         f'add one to CANDIDATES')
     # 500 validation images resolve 0.2 points, so accuracies tie often; the validation loss breaks ties
     return max(eligible, key=lambda r: (r['val_acc'], -r['val_loss']))['schedule'], rows
 
 
 def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
-    "Per strategy over seeds: mean ratios (a ratio to accuracy averages the seeds that reach it), sample sd, seeds reaching."
+    ("Per strategy over seeds: mean ratios (a ratio to accuracy averages the seeds that reach it), sample sd, "
+     "seeds reaching.")
     numeric = ['final_test_acc', 'flops_ratio', 'seconds_ratio', 'total_flops_ratio', 'total_seconds_ratio']
     g = per_seed.groupby('strategy', sort=False)
     table = g[numeric].mean()
@@ -146,19 +153,27 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--regime', choices=sorted(REGIMES), default='quick', help='dataset sizes (default: quick, the pipeline\'s)')
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--regime', choices=sorted(REGIMES), default='quick',
+                   help='dataset sizes (default: quick, the pipeline\'s)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='measurement seeds (default: 0 1 2)')
     p.add_argument('--strategies', nargs='+', default=None,
-                   help="strategies to measure: params.yaml keys and/or 'selected' (default: params.yaml's list plus selected)")
+                   help="strategies to measure: params.yaml keys and/or 'selected' "
+                        "(default: params.yaml's list plus selected)")
     p.add_argument('--select-seed', type=int, default=100, help='seed of the selection runs (default: 100)')
-    p.add_argument('--selected', default=None, help='skip the selection and use this candidate schedule (a name in CANDIDATES)')
-    p.add_argument('--budget', type=float, default=FLOPS_TARGET, help='FLOPs budget of the selection, x end-to-end (default: 0.5)')
-    p.add_argument('--tolerance', type=float, default=None, help="accuracy tolerance (default: params.yaml's figures.tolerance)")
+    p.add_argument('--selected', default=None,
+                   help='skip the selection and use this candidate schedule (a name in CANDIDATES)')
+    p.add_argument('--budget', type=float, default=FLOPS_TARGET,
+                   help='FLOPs budget of the selection, x end-to-end (default: 0.5)')
+    p.add_argument('--tolerance', type=float, default=None,
+                   help="accuracy tolerance (default: params.yaml's figures.tolerance)")
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
-    p.add_argument('--work-dir', type=Path, default=None, help='run directories (default: benchmarks/work/compute_to_accuracy-<regime>)')
+    p.add_argument('--work-dir', type=Path, default=None,
+                   help='run directories (default: benchmarks/work/compute_to_accuracy-<regime>)')
     p.add_argument('--params', type=Path, default=ROOT / 'params.yaml')
-    p.add_argument('--results-dir', type=Path, default=RESULTS_DIR, help='where the JSON goes (default: benchmarks/results)')
+    p.add_argument('--results-dir', type=Path, default=RESULTS_DIR,
+                   help='where the JSON goes (default: benchmarks/results)')
     args = p.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
     params = load_regime_params(args.regime, args.params)
@@ -167,12 +182,15 @@ def main(argv=None):
         p.error(f'--selected {args.selected!r} is not a candidate of regime {args.regime!r}: {sorted(candidates)}')
     strategies = args.strategies or [*params['strategies'], 'selected']
     unknown = [s for s in strategies if s not in params['strategy'] and s != 'selected']
-    if unknown: p.error(f"unknown strategies {unknown}; params.yaml's strategy section has {sorted(params['strategy'])}")
+    if unknown:
+        p.error(f"unknown strategies {unknown}; params.yaml's strategy section has {sorted(params['strategy'])}")
     if 'e2e' not in strategies: p.error("the strategies must include e2e, the reference")
     dataset = REGIMES[args.regime]['dataset']
     if not is_prepared(dataset, ROOT / 'data'):
-        p.error(f'{dataset} is not prepared in {ROOT / "data"}: run `make data` (or `incres data prepare {dataset}`) first')
-    tolerance = args.tolerance if args.tolerance is not None else params['profiles'][params['profile']]['figures']['tolerance']
+        p.error(f'{dataset} is not prepared in {ROOT / "data"}: '
+                f'run `make data` (or `incres data prepare {dataset}`) first')
+    tolerance = (args.tolerance if args.tolerance is not None
+                 else params['profiles'][params['profile']]['figures']['tolerance'])
     work_dir = args.work_dir or ROOT / 'benchmarks' / 'work' / f'compute_to_accuracy-{args.regime}'
     # every configuration is checked before the first run starts
     for name, (strategy, overrides) in candidates.items():
@@ -201,11 +219,13 @@ def main(argv=None):
                 ['epoch', 'phase', 'depth', 'train_flops', 'train_seconds', 'val_acc', 'test_acc']].to_dict('records')]
         run_name = f'seed{seed}'
         metrics = pd.DataFrame([{'strategy_key': k, 'run': run_name, **m} for k, (m, _) in results.items()])
-        history = pd.concat([h.assign(strategy_key=k, run=run_name) for k, (_, h) in results.items()], ignore_index=True)
+        history = pd.concat([h.assign(strategy_key=k, run=run_name) for k, (_, h) in results.items()],
+                            ignore_index=True)
         table = compute_to_accuracy(metrics, history, reference='e2e', tolerance=tolerance).reset_index()
         table['seed'], table['target_acc'] = seed, table.attrs['target_acc']
         table['depth'] = table.strategy.map({k: m['depth'] for k, (m, _) in results.items()})
-        table['same_network'] = table.strategy.map({k: same_network(m, results['e2e'][0]) for k, (m, _) in results.items()})
+        table['same_network'] = table.strategy.map({k: same_network(m, results['e2e'][0])
+                                                    for k, (m, _) in results.items()})
         table['reached'] = table.reached.astype(bool)
         rows.append(table)
     per_seed = pd.concat(rows, ignore_index=True)
@@ -230,20 +250,22 @@ def main(argv=None):
         'curves': curves, 'best': best, 'meets_target': bool(meets), 'best_on_mean': best_on_mean})
 
     pd.set_option('display.width', 200)
-    print(summary[['seeds', 'final_depth', 'same_network', 'final_test_acc', 'final_test_acc_std', 'reached', 'flops_ratio',
-                   'seconds_ratio', 'total_flops_ratio', 'total_seconds_ratio']].round(3).to_string())
+    print(summary[['seeds', 'final_depth', 'same_network', 'final_test_acc', 'final_test_acc_std', 'reached',
+                   'flops_ratio', 'seconds_ratio', 'total_flops_ratio', 'total_seconds_ratio']].round(3).to_string())
     print(f'results: {path}')
     if best_on_mean is not None:
         b = on_mean.loc[best_on_mean]
-        print(f"on the mean over seeds: {best_on_mean} ends at {b.final_test_acc:.4f} (e2e {summary.loc['e2e', 'final_test_acc']:.4f}) "
-              f"for {b.total_flops_ratio:.3f}x the FLOPs and {b.total_seconds_ratio:.3f}x the seconds of e2e")
+        print(f"on the mean over seeds: {best_on_mean} ends at {b.final_test_acc:.4f} "
+              f"(e2e {summary.loc['e2e', 'final_test_acc']:.4f}) for {b.total_flops_ratio:.3f}x the FLOPs "
+              f"and {b.total_seconds_ratio:.3f}x the seconds of e2e")
     if best is None:
-        print(f'key ratio: no growth strategy ending in the e2e network reached e2e accuracy - {tolerance} in every seed '
-              f'(target: <= {FLOPS_TARGET}x FLOPs, <= {SECONDS_TARGET}x seconds): not met')
+        print(f'key ratio: no growth strategy ending in the e2e network reached e2e accuracy - {tolerance} '
+              f'in every seed (target: <= {FLOPS_TARGET}x FLOPs, <= {SECONDS_TARGET}x seconds): not met')
     else:
         b = reached_all.loc[best]
-        print(f"key ratio: {best} reaches e2e accuracy - {tolerance} at {b.flops_ratio:.3f}x FLOPs, {b.seconds_ratio:.3f}x seconds "
-              f"(mean of {int(b.seeds)} seeds; target <= {FLOPS_TARGET}x, <= {SECONDS_TARGET}x: {'met' if meets else 'not met'})")
+        print(f"key ratio: {best} reaches e2e accuracy - {tolerance} at {b.flops_ratio:.3f}x FLOPs, "
+              f"{b.seconds_ratio:.3f}x seconds (mean of {int(b.seeds)} seeds; "
+              f"target <= {FLOPS_TARGET}x, <= {SECONDS_TARGET}x: {'met' if meets else 'not met'})")
 
 
 if __name__ == '__main__':

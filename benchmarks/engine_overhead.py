@@ -43,7 +43,8 @@ class TimedFlopCounter:
 
 
 def measurement_plan(dataset: str, batch_size: int, steps: int) -> dict:
-    "Subset and epochs that give (at least) `steps` full batches: CIFAR-10 takes one epoch, the 512 synthetic images several."
+    ("Subset and epochs that give (at least) `steps` full batches: CIFAR-10 takes one epoch, "
+     "the 512 synthetic images several.")
     if dataset == 'synthetic':
         n_train = DATASETS['synthetic'].num_train  # 512 images; 'subset' cannot exceed them
         steps_per_epoch = n_train // batch_size
@@ -103,7 +104,8 @@ def incres_loop(config: dict) -> dict:
 
 
 def warm_up(loader, depth: int, device: torch.device, steps: int = 3):
-    "Untimed full training steps, so that neither side pays for first-use costs (allocator, oneDNN/cuDNN kernel choice)."
+    ("Untimed full training steps, so that neither side pays for first-use costs "
+     "(allocator, oneDNN/cuDNN kernel choice).")
     torch.manual_seed(0)
     net = resnet(depth, num_classes=loader.info.num_classes, in_channels=loader.info.channels)
     net = net.to(device, memory_format=torch.channels_last).train()
@@ -133,8 +135,8 @@ def main(argv=None):
     p.add_argument('--depth', type=int, default=20, help='ResNet depth (6n+2)')
     p.add_argument('--batch-size', type=int, default=128, help='training batch size of both loops')
     p.add_argument('--steps', type=int, default=25,
-                   help='training steps per measurement (25 × 128 images: ~11 s per loop, ~25 s per round, for ResNet-20 '
-                        'at ~300 images/s on the 2-core development machine)')
+                   help='training steps per measurement (25 × 128 images: ~11 s per loop, ~25 s per round, '
+                        'for ResNet-20 at ~300 images/s on the 2-core development machine)')
     p.add_argument('--rounds', type=int, default=6, help='rounds of (bare, incres) measurements; medians are compared')
     p.add_argument('--dataset', choices=('cifar10', 'synthetic'), default=None,
                    help='training images (default: cifar10 if prepared under --root, else synthetic)')
@@ -149,14 +151,15 @@ def main(argv=None):
     device, load_before = torch.device(args.device), load_average()
 
     plan = measurement_plan(args.dataset, args.batch_size, args.steps)
+    # the trainer's own choices (seed 0, channels last)
     loader = make_loaders(args.dataset, args.root, batch_size=args.batch_size, subset=plan['subset'], val_size=0,
-                          seed=0, device=device, channels_last=True).train  # the trainer's own choices (seed 0, channels last)
+                          seed=0, device=device, channels_last=True).train
     config = incres_config(args, plan)
     warm_up(loader, args.depth, device)
 
     print(f'ResNet-{args.depth}, batch {args.batch_size}, {args.dataset}, device {device}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads; {plan["epochs"] * plan["steps_per_epoch"]} steps ({plan["epochs"]} epoch(s)) '
-          f'per measurement; load average {load_before} at start')
+          f'{torch.get_num_threads()} threads; {plan["epochs"] * plan["steps_per_epoch"]} steps '
+          f'({plan["epochs"]} epoch(s)) per measurement; load average {load_before} at start')
     if busy_warning(args.clock): print(busy_warning(args.clock))
     print(f'seconds below are {args.clock} seconds', TABLE_HEADER, sep='\n', flush=True)
     rows = []  # printed as they come: on a busy machine a slow run still shows what it has measured
@@ -192,7 +195,8 @@ def main(argv=None):
         'settings': {**vars(args), 'epochs': plan['epochs'], 'subset': plan['subset']}, 'incres_config': config,
         'load_average_at_start': load_before, 'rounds': rows,
         'median_images_per_second': {'bare': bare_ips, 'incres': ours_ips},
-        'median_paired_ratio': paired, 'median_flop_count_seconds': flop_s, 'ratio_with_flop_count': ratio_with_flop_count,
+        'median_paired_ratio': paired, 'median_flop_count_seconds': flop_s,
+        'ratio_with_flop_count': ratio_with_flop_count,
         'target': TARGET, 'ratio': ratio})
     print(f'results written to {path}')
     print(f'incres/bare images per second: {ratio:.3f} (target ≥ {TARGET})')

@@ -195,17 +195,37 @@ def select_recipes(fp: dict, runs: Runs, chosen: dict, data_root: Path) -> dict 
             'runs': rows, 'measured_on_every_seed': [r['recipe'] for r in ranked[:fp['measure_top']]]}
 
 
-def growth_plan(fp: dict, chosen: dict, recipes: dict, data_root: Path) -> list[tuple]:
-    "`(name, config, row)` of every measured growth run: the best recipes on every seed (seed-major), then the rest."
-    top, first = recipes['measured_on_every_seed'], fp['seeds'][0]
-    order = [(s, r) for s in fp['seeds'] for r in top] + [(first, r) for r in fp['recipes'] if r not in top]
+def growth_units(fp: dict, chosen: dict, order: list[tuple], data_root: Path) -> list[tuple]:
+    "`(name, config, row)` of the growth runs `order` lists as `(seed, recipe)`."
     return [(f'growth/{r}-seed{s}', growth_config(fp, fp['recipes'][r], seed=s, chosen=chosen, data_root=data_root),
              {'recipe': r, 'seed': s}) for s, r in order]
 
 
+def preregistered_plan(fp: dict, chosen: dict, data_root: Path) -> list[tuple]:
+    "The recipes named before any growth run (`preregistered`) on every seed, seed-major: they need no selection."
+    return growth_units(fp, chosen, [(s, r) for s in fp['seeds'] for r in fp.get('preregistered', [])], data_root)
+
+
+def growth_plan(fp: dict, chosen: dict, recipes: dict, data_root: Path) -> tuple[list, list]:
+    """`(top, rest)` of the selected growth runs: the best recipes on every seed (seed-major), then the others on the
+    first seed; the preregistered recipes are measured on every seed already, so neither list repeats them."""
+    prereg, first = fp.get('preregistered', []), fp['seeds'][0]
+    top = [r for r in recipes['measured_on_every_seed'] if r not in prereg]
+    rest = [r for r in fp['recipes'] if r not in top and r not in prereg]
+    return (growth_units(fp, chosen, [(s, r) for s in fp['seeds'] for r in top], data_root),
+            growth_units(fp, chosen, [(first, r) for r in rest], data_root))
+
+
+def machine_key(metrics: dict) -> str | None:
+    "The CPU (or GPU) and the kernels torch chose for it: seconds compare only between runs with the same key."
+    m = metrics.get('machine') or {}
+    if not m: return None
+    return m.get('gpu') or f"{m.get('cpu')} ({m.get('torch_cpu_capability')}, {m.get('torch_threads')} thread(s))"
+
+
 def record(row: dict, metrics: dict) -> dict:
-    "A row of the JSON: the run's settings and its results."
-    return {**row, **{k: metrics.get(k) for k in E2E_FIELDS}}
+    "A row of the JSON: the run's settings and its results, and the machine it ran on."
+    return {**row, **{k: metrics.get(k) for k in E2E_FIELDS}, 'machine': machine_key(metrics)}
 
 
 def mean_points(rows: list[dict], keys=('depth', 'epochs', 'schedule')) -> list[dict]:
@@ -252,8 +272,9 @@ def verdict(e2e: list[dict], growth: list[dict], fp: dict, main_schedule: str) -
         return next((p for p in points if (p['depth'], p['epochs'], p['schedule']) == key), None)
     at_b, at_half = point(1.0), point(0.5)
     if not growth or at_b is None:
+        why = 'not measured yet: ' + ('no growth recipe' if not growth else 'no e2e run at B')
         return {'recipe': None, 'flops_ratio': None, 'seconds_ratio': None, 'acc_delta': None, 'met': None,
-                'why': 'not measured yet: ' + ('no growth recipe' if not growth else 'no e2e run at B')}
+                'why': why, 'summary': why}
     frontier = envelope(points)
     recipes = mean_points(growth, keys=('recipe', 'final_depth'))
     for r in recipes:
@@ -267,11 +288,32 @@ def verdict(e2e: list[dict], growth: list[dict], fp: dict, main_schedule: str) -
     best = min(ranked, key=lambda r: (not r['beyond_frontier'], r['flops_ratio'] or 0.0))
     floor = lambda p: p['test_acc'] - (p['test_acc_std'] or 0.0) if p else -math.inf
     accurate = best['test_acc'] >= floor(at_b) and best['test_acc'] >= floor(at_half)
-    cheap = best['beyond_frontier'] or (best['flops_ratio'] <= FLOPS_TARGET and best['seconds_ratio'] <= SECONDS_TARGET)
-    return {'recipe': best['recipe'], 'seeds': best['seeds'], 'test_acc': best['test_acc'],
-            'flops_ratio': best['flops_ratio'], 'seconds_ratio': best['seconds_ratio'],
-            'beyond_frontier': best['beyond_frontier'], 'acc_delta': best['test_acc'] - at_b['test_acc'],
-            'e2e_at_b': at_b, 'e2e_at_half': at_half, 'met': bool(accurate and cheap), 'recipes': recipes}
+    # seconds compare only on one machine: runs of another CPU (or of another instruction set, e.g. without native
+    # bf16, where `amp_bf16: auto` trains in fp32) leave the seconds ratio unmeasured; FLOPs are exact everywhere
+    machines = sorted({r.get('machine') or '?' for r in [*e2e, *(g for g in growth if g['recipe'] == best['recipe'])]})
+    if len(machines) > 1: best['seconds_ratio'] = None
+    cheap_flops = best['beyond_frontier'] or best['flops_ratio'] <= FLOPS_TARGET
+    seconds_ratio = best['seconds_ratio']
+    fast = best['beyond_frontier'] or (None if seconds_ratio is None else seconds_ratio <= SECONDS_TARGET)
+    met = False if not (accurate and cheap_flops) or fast is False else (None if fast is None else True)
+    out = {'recipe': best['recipe'], 'seeds': best['seeds'], 'test_acc': best['test_acc'],
+           'flops_ratio': best['flops_ratio'], 'seconds_ratio': best['seconds_ratio'],
+           'beyond_frontier': best['beyond_frontier'], 'acc_delta': best['test_acc'] - at_b['test_acc'],
+           'accurate': accurate, 'e2e_at_b': at_b, 'e2e_at_half': at_half, 'met': met, 'machines': machines,
+           'recipes': recipes}
+    return out | {'summary': verdict_sentence(out)}
+
+
+def verdict_sentence(v: dict) -> str:
+    "The verdict in one sentence, with the criterion that failed: what the README, the report and the notebook say."
+    if v['recipe'] is None: return v['why']
+    cost = ('more accurate than every e2e run (beyond the frontier)' if v['beyond_frontier']
+            else f"FLOPs ratio {v['flops_ratio']:.2f} (target <= {FLOPS_TARGET})")
+    seconds = (f"seconds ratio {v['seconds_ratio']:.2f} (target <= {SECONDS_TARGET})" if v['seconds_ratio'] is not None
+               else f"seconds not comparable (runs on {len(v['machines'])} machines)")
+    head = {True: 'meets the target', False: 'does not meet the target', None: 'undetermined'}[v['met']]
+    return (f"{v['recipe']} ({v['seeds']} seeds, test accuracy {v['test_acc']:.4f}, {v['acc_delta'] * 100:+.2f} points "
+            f"against e2e at B; accuracy criterion {'met' if v['accurate'] else 'not met'}): {head}; {cost}; {seconds}")
 
 
 def data_record(data_root: Path, name: str) -> dict | None:
@@ -305,6 +347,8 @@ def main(argv=None):
     for name, recipe in fp['recipes'].items():
         try: resolve_config(growth_config(fp, recipe, seed=0, chosen={'lr': 0.1, 'schedule': 'linear'}))
         except ValueError as e: p.error(f'params.yaml frontier.recipes.{name}: {e}')
+    if unknown := [r for r in fp.get('preregistered', []) if r not in fp['recipes']]:
+        p.error(f'params.yaml frontier.preregistered: {", ".join(unknown)} not in frontier.recipes')
     if warning := busy_warning('wall'): print(warning)
 
     runs = Runs(args.summary_dir, args.work_dir, train=not args.report)
@@ -325,19 +369,21 @@ def measure(args, fp: dict, runs: Runs) -> int:
     print(f"selected: peak lr {chosen['lr']}, {chosen['schedule']} schedule "
           f"({len(chosen['runs'])} runs at {chosen['epochs']} epochs, seed {chosen['seed']}, validation)", flush=True)
     # priority order, so that an interrupted benchmark has the verdict's runs first: e2e on every seed, the bf16
-    # check, the growth selection and the best recipes on every seed, then the rest of the frontier and of the recipes
+    # check, the preregistered recipes on every seed, the rest of the e2e budgets, the growth selection and the best
+    # recipes on every seed, then the other e2e runs (depths, schedule) and the other recipes
     e2e, core = e2e_plan(fp, chosen), len(fp['seeds']) * len(fp['seed_budgets'])
-    queue = [('e2e', e2e[:core]), ('parity', parity_plan(fp, chosen)), ('growth', 'top'), ('e2e', e2e[core:]),
-             ('growth', 'rest')]
+    budgets = core + len([f for f in fp['fractions'] if f not in fp['seed_budgets']])
+    queue = [('e2e', e2e[:core]), ('parity', parity_plan(fp, chosen)),
+             ('growth', preregistered_plan(fp, chosen, args.data_root)), ('e2e', e2e[core:budgets]),
+             ('growth', 'top'), ('e2e', e2e[budgets:]), ('growth', 'rest')]
     rows = {'e2e': [], 'parity': [], 'growth': []}
     recipes = growth = None
     for stage, units in queue:
-        if stage == 'growth':
+        if isinstance(units, str):
             recipes = recipes or select_recipes(fp, runner('select'), chosen, args.data_root)
             if recipes is None: continue  # its selection runs are not finished yet
             growth = growth or growth_plan(fp, chosen, recipes, args.data_root)
-            top = len(fp['seeds']) * len(recipes['measured_on_every_seed'])
-            units = growth[:top] if units == 'top' else growth[top:]
+            units = growth[0] if units == 'top' else growth[1]
         for name, config, row in units:
             m = runner(stage)(name, config)
             if m is not None:
@@ -398,11 +444,7 @@ def markdown(results: dict) -> str:
                                 key=lambda r: r['train_flops']),
                          ['recipe', 'final_depth', 'seeds', 'test_acc', 'test_acc_std', 'train_flops',
                           'train_seconds']))
-    v = results['verdict']
-    if v is not None and v['met'] is not None:
-        out.append(f"verdict: {v['recipe']} {'meets' if v['met'] else 'does not meet'} the target: FLOPs ratio "
-                   f"{v['flops_ratio']}, seconds ratio {v['seconds_ratio']}, {v['acc_delta']:+.4f} against e2e at B")
-    elif v is not None: out.append(f"verdict: {v['why']}")
+    if (v := results['verdict']) is not None: out.append(f"verdict: {v.get('summary') or verdict_sentence(v)}")
     return '\n\n'.join(out)
 
 

@@ -82,13 +82,16 @@ def main(argv=None):
     if args.pil_batches:
         from PIL import Image
         from torchvision import transforms as T
-        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(info.mean, info.std)])
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(info.mean, info.std)])
         hwc = images[:bs].permute(0, 2, 3, 1).numpy()
         pil_s = timed(lambda: torch.stack([tf(Image.fromarray(a)) for a in hwc]).to(device), args.pil_batches, device)
         rows.append(('reference: per-image PIL pipeline, 1 process', pil_s))
 
-    print(f'device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {bs}, data: {what}')
-    print(f'loader setup (pad + copy to device): {setup:.2f} s, timed over {n} batches; training step over {args.steps} steps')
+    print(f'device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {bs}, '
+          f'data: {what}')
+    print(f'loader setup (pad + copy to device): {setup:.2f} s, timed over {n} batches; '
+          f'training step over {args.steps} steps')
     print(f'| {"what":<46} | {"ms/batch":>9} | {"batches/s":>9} | {"images/s":>10} |')
     print(f'|{"-" * 48}|{"-" * 11}|{"-" * 11}|{"-" * 12}|')
     for name, s in rows:

@@ -21,12 +21,13 @@ def caching(mode, prefix: int, augmented: bool) -> bool:
     "Whether a phase with a frozen prefix of `prefix` units trains on cached features (`compute.cache_features`)."
     return prefix > 0 and (mode is True or (mode == 'auto' and not augmented))
 
-# %% ../nbs/16_cache.ipynb #af60764a
+# %% ../nbs/16_cache.ipynb #87309b48
 def fingerprint(module: nn.Module) -> tuple:
     "A cheap summary of a module's weights and buffers that changes whenever they do."
     return tuple((tuple(t.shape), float(t.double().sum()), float(t.double().abs().sum()))
                  for t in module.state_dict().values() if t.is_floating_point())
 
+# %% ../nbs/16_cache.ipynb #727bb291
 class FeatureCache:
     "Outputs of the first `boundary` units of a network over this rank's share of the training images."
     def __init__(self): self.boundary, self.features, self.labels, self.fingerprints = 0, None, None, []
@@ -44,7 +45,7 @@ class FeatureCache:
 
     def clear(self): self.__init__()
 
-# %% ../nbs/16_cache.ipynb #8b1bb46f
+# %% ../nbs/16_cache.ipynb #6c6ce6a8
 from fastcore.basics import patch
 
 @patch
@@ -67,6 +68,7 @@ def build(self: FeatureCache, network: Network, boundary: int, source, dtype) ->
     self.boundary, self.fingerprints = boundary, self.fingerprints_of(network, boundary)
     return len(self.labels)
 
+# %% ../nbs/16_cache.ipynb #9f7c8411
 @patch
 def batches(self: FeatureCache, batch_size: int, n_batches: int, seed: int):
     "Shuffled batches (a permutation per `seed`), dropping the incomplete last one."
@@ -75,12 +77,13 @@ def batches(self: FeatureCache, batch_size: int, n_batches: int, seed: int):
         idx = order[i * batch_size:(i + 1) * batch_size]
         yield self.features[idx].float(), self.labels[idx]
 
-# %% ../nbs/16_cache.ipynb #ff27afcd
+# %% ../nbs/16_cache.ipynb #d15810e7
 class _Units(nn.Module):
     "Units `lo`..`hi`-1 of a network as a module (to count what building a feature cache costs per image)."
     def __init__(self, network, lo, hi): super().__init__(); self.network, self.lo, self.hi = network, lo, hi
     def forward(self, x): return self.network.forward_units(x, self.lo, self.hi)
 
+# %% ../nbs/16_cache.ipynb #fb056eaa
 @patch
 def update(self: FeatureCache, network: Network, prefix: int, source, dtype, ledger, resumed: dict | None = None,
            count=int) -> int:
@@ -96,6 +99,7 @@ def update(self: FeatureCache, network: Network, prefix: int, source, dtype, led
                        lambda: forward_flops(_Units(network, lo, prefix), sample))
     return per_image * count(self.build(network, prefix, source(), dtype))
 
+# %% ../nbs/16_cache.ipynb #dd66573b
 @patch
 def record(self: FeatureCache) -> dict | None:
     "What a checkpoint keeps of the cache (not the features): its boundary and fingerprints."

@@ -79,7 +79,13 @@ def _in_use(path: Path) -> RunInUse:
                     f"{h.get('started', '?')}: {h.get('command', '?')}); wait for it to finish or stop it, or choose "
                     "another --out")
 
-# %% ../nbs/17_checkpoint.ipynb #dbd61282
+# %% ../nbs/17_checkpoint.ipynb #2f93d84d
+def _remove_temp_files(folder: Path, pid: int) -> None:
+    "Remove the temporary files (`.NAME.tmpPID`) that interrupted atomic writes of process `pid` left in `folder`."
+    for p in [*folder.glob(f'.*.tmp{pid}'), *folder.glob(f'*/.*.tmp{pid}')]:
+        with contextlib.suppress(OSError): p.unlink()
+
+# %% ../nbs/17_checkpoint.ipynb #577eb7fd
 class RunLock:
     "An exclusive lock on a run directory, held from `acquire()` until `release()` or the end of the process."
     def __init__(self, out_dir): self.path, self.fd, self.took_over = Path(out_dir)/'.lock', None, None
@@ -109,12 +115,7 @@ class RunLock:
         with contextlib.suppress(OSError): self.path.unlink()  # before closing: nobody can lock the old file then
         os.close(self.fd); self.fd = None
 
-def _remove_temp_files(folder: Path, pid: int) -> None:
-    "Remove the temporary files (`.NAME.tmpPID`) that interrupted atomic writes of process `pid` left in `folder`."
-    for p in [*folder.glob(f'.*.tmp{pid}'), *folder.glob(f'*/.*.tmp{pid}')]:
-        with contextlib.suppress(OSError): p.unlink()
-
-# %% ../nbs/17_checkpoint.ipynb #35343116
+# %% ../nbs/17_checkpoint.ipynb #310ea076
 FORMAT = 2
 CHECKPOINT_KEYS = {'format', 'config', 'spec', 'model', 'optimizer', 'groups', 'phase', 'counters', 'history',
                    'events', 'step_losses', 'finished', 'cache', 'rng', 'world_size', 'data'}
@@ -131,12 +132,14 @@ def _upgrade(blob: dict) -> dict:
     "A format-1 checkpoint (before the lock) as format 2: it recorded neither processes nor data; assume 1 and any."
     return {**blob, 'format': FORMAT, 'world_size': 1, 'data': None} if blob.get('format') == 1 else blob
 
+# %% ../nbs/17_checkpoint.ipynb #275b3115
 def load_checkpoint(path) -> dict:
     "The checkpoint at `path`, or a `CheckpointError` saying why it cannot be used."
     path = Path(path)
     try: blob = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:  # a damaged file can fail in any of torch's or pickle's layers
-        why = 'it is empty' if path.stat().st_size == 0 else f'it is truncated or not a checkpoint ({_short(str(e), 80)})'
+        why = ('it is empty' if path.stat().st_size == 0
+               else f'it is truncated or not a checkpoint ({_short(str(e), 80)})')
         raise CheckpointError(f"cannot resume from {path}: {why}; {FIX}") from None
     if isinstance(blob, dict): blob = _upgrade(blob)
     if not isinstance(blob, dict) or blob.get('format') != FORMAT or not CHECKPOINT_KEYS <= set(blob):
@@ -145,7 +148,7 @@ def load_checkpoint(path) -> dict:
                               f"(found format {got!r}); {FIX}")
     return blob
 
-# %% ../nbs/17_checkpoint.ipynb #52d71486
+# %% ../nbs/17_checkpoint.ipynb #81350402
 def data_fingerprint(name: str, root) -> str:
     "SHA-256 over the prepared files of dataset `name` (their bytes), or the name of a generated dataset."
     if name == 'synthetic': return 'synthetic'
@@ -158,6 +161,7 @@ def data_fingerprint(name: str, root) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b''): digest.update(chunk)
     return digest.hexdigest()
 
+# %% ../nbs/17_checkpoint.ipynb #5cf4f331
 def different_run(where, diff: dict) -> CheckpointError:
     "The refusal of a run directory that holds a run of another configuration, naming what changed."
     return CheckpointError(f"{where} holds a run with a different configuration ({describe_diff(diff)}); "
@@ -175,7 +179,7 @@ def check_resume(blob: dict, path, cfg: dict, world_size: int, data: str | None)
                               f"{blob['data'][:12]} then, {data[:12]} now): prepare the same data again, or choose "
                               "another --out")
 
-# %% ../nbs/17_checkpoint.ipynb #c1b724a4
+# %% ../nbs/17_checkpoint.ipynb #9c19e3f4
 RUN_FILES = ('config.yaml', 'metrics.json', 'history.csv', 'steps.csv', 'events.jsonl', 'model.pt', 'dvclive',
              'checkpoint/last.pt')
 CONFIG_SECTIONS = {'dataset', 'model', 'strategy', 'optim', 'train', 'compute'}
@@ -188,6 +192,7 @@ def _saved_config(out_dir: Path) -> dict | None:
     ok = isinstance(cfg, dict) and CONFIG_SECTIONS <= set(cfg) and 'phases' in (cfg.get('strategy') or {})
     return cfg if ok else None
 
+# %% ../nbs/17_checkpoint.ipynb #ae0904e5
 def run_dir_state(out_dir, cfg: dict, overwrite: bool = False) -> str:
     "'empty', 'finished' (this run, done) or 'replace' (files of this or another run to clear); else refuses."
     out_dir = Path(out_dir)
@@ -195,13 +200,14 @@ def run_dir_state(out_dir, cfg: dict, overwrite: bool = False) -> str:
     if not present: return 'empty'
     saved = _saved_config(out_dir) if 'config.yaml' in present else None
     if saved is None:
-        raise CheckpointError(f"{out_dir} holds {', '.join(present)} but no incres config.yaml that says which run they "
-                              "belong to; choose another --out (or remove those files)")
+        raise CheckpointError(f"{out_dir} holds {', '.join(present)} but no incres config.yaml that says which run "
+                              "they belong to; choose another --out (or remove those files)")
     if overwrite: return 'replace'
     diff = config_diff(comparable(saved), comparable(cfg))
     if diff: raise different_run(out_dir, diff)
     return 'finished' if (out_dir/'metrics.json').exists() else 'replace'
 
+# %% ../nbs/17_checkpoint.ipynb #7a671937
 def clear_run_dir(out_dir) -> None:
     "Remove the files a run writes (`RUN_FILES`) from `out_dir`, nothing else."
     for name in RUN_FILES:

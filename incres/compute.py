@@ -22,13 +22,14 @@ __all__ = ['LINALG_FLOPS', 'BF16_CPU_FLAGS', 'flop_counter', 'count_flops', 'tra
            'synchronize', 'Stopwatch', 'tensor_nbytes', 'format_bytes', 'check_memory', 'native_bf16',
            'matmul_flops_per_second']
 
-# %% ../nbs/05_compute.ipynb #0746e003
+# %% ../nbs/05_compute.ipynb #d4b34982
 def _batch(shape) -> int:
     "Product of the leading (batch) dimensions of a matrix shape."
     n = 1
     for d in shape[:-2]: n *= d
     return n
 
+# %% ../nbs/05_compute.ipynb #c4793e22
 def _solve_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     "LU factorisation (2n³/3) and two triangular solves per right-hand side (2n² each)."
     n = a_shape[-1]
@@ -41,6 +42,7 @@ def _lstsq_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     k = b_shape[-1] if len(b_shape) == len(a_shape) else 1
     return _batch(a_shape) * max(2 * m * n * n - 2 * n**3 // 3, 0) + _batch(a_shape) * (4 * m * n * k + n * n * k)
 
+# %% ../nbs/05_compute.ipynb #5c1d04e0
 def _cholesky_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
     "Cholesky factorisation: n³/3."
     return _batch(a_shape) * a_shape[-1] ** 3 // 3
@@ -53,6 +55,7 @@ def _inv_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
     "Inverse via LU: 2n³."
     return _batch(a_shape) * 2 * a_shape[-1] ** 3
 
+# %% ../nbs/05_compute.ipynb #ae4cc25a
 def _eigh_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
     "Symmetric eigensolver: 9n³ with eigenvectors, 4n³/3 for eigenvalues only."
     compute_v = kwargs.get('compute_v', args[1] if len(args) > 1 else True)
@@ -70,6 +73,7 @@ def _pinv_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
     m, n = max(a_shape[-2:]), min(a_shape[-2:])
     return _batch(a_shape) * (6 * m * n * n + 20 * n**3 + 2 * m * n * n)
 
+# %% ../nbs/05_compute.ipynb #962ca6cd
 LINALG_FLOPS = {
     _aten._linalg_solve_ex: _solve_flops, _aten.linalg_lstsq: _lstsq_flops,
     _aten.linalg_cholesky_ex: _cholesky_flops, _aten.cholesky_solve: _cholesky_solve_flops,
@@ -131,7 +135,7 @@ class Stopwatch:
         finally:
             synchronize(self.device); self.seconds += self.clock() - start
 
-# %% ../nbs/05_compute.ipynb #af944286
+# %% ../nbs/05_compute.ipynb #ea7f72cf
 def tensor_nbytes(shape, dtype=torch.float32) -> int:
     "Bytes taken by a dense tensor of `shape` and `dtype`."
     n = 1
@@ -147,7 +151,8 @@ def format_bytes(n: float) -> str:
 def check_memory(nbytes: int, budget_bytes: float, what: str, fix: str = '') -> None:
     "Raise `ValueError` naming `what`, its size and the budget when `nbytes` exceeds `budget_bytes`."
     if nbytes > budget_bytes:
-        raise ValueError(f"{what} needs {format_bytes(nbytes)}, more than the memory budget of {format_bytes(budget_bytes)}"
+        raise ValueError(f"{what} needs {format_bytes(nbytes)}, "
+                         f"more than the memory budget of {format_bytes(budget_bytes)}"
                          + (f"; {fix}" if fix else ''))
 
 # %% ../nbs/05_compute.ipynb #28986277

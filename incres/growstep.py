@@ -18,8 +18,8 @@ from .growth import COPY_SCALED, GROWTH_INITS, WIDEN_INITS, copy_source, grow_de
 from .network import Network
 
 # %% auto #0
-__all__ = ['param_groups', 'make_optimizer', 'optimizer_groups', 'insertion_renames', 'carry_state', 'copy_state', 'probe',
-           'grow']
+__all__ = ['WIDENED_KEYS', 'param_groups', 'widened_shapes', 'mark_widened', 'make_optimizer', 'optimizer_groups',
+           'insertion_renames', 'carry_state', 'copy_state', 'probe', 'grow']
 
 # %% ../nbs/15_growstep.ipynb #27e51e14
 def _param_unit(name: str):
@@ -45,21 +45,59 @@ def param_groups(network: Network, births, optim: dict) -> list:
         groups[(birth, decay)]['params'].append(name)
     return [groups[k] for k in sorted(groups)]
 
+# %% ../nbs/15_growstep.ipynb #d1f36d34
+WIDENED_KEYS = ('widen_lr_scale', 'old_shapes')  # optional keys of a parameter group holding widened tensors
+
+def widened_shapes(old_network: Network, new_network: Network, renames: dict) -> dict:
+    "`{name in new_network: shape before}` of every parameter that the growth made larger."
+    new = dict(new_network.named_parameters())
+    return {renames[n]: tuple(p.shape) for n, p in old_network.named_parameters()
+            if renames.get(n) in new and new[renames[n]].shape != p.shape}
+
+def mark_widened(groups: list, shapes: dict, scale: float) -> list:
+    "`groups` (from `param_groups`) with the new elements of widened parameters at `scale` times the learning rate."
+    if scale == 1 or not shapes: return groups
+    return [{**g, 'widen_lr_scale': float(scale), 'old_shapes': [shapes.get(n) for n in g['params']]}
+            if any(n in shapes for n in g['params']) else g for g in groups]
+
+
+# %% ../nbs/15_growstep.ipynb #c4de9562
+def _before_step(opt, args, kwargs) -> None:
+    "Step pre-hook: the widened parameters as they are before the step."
+    opt._widened_before = {p: p.detach().clone() for g in opt.param_groups if 'old_shapes' in g
+                           for p, shape in zip(g['params'], g['old_shapes']) if shape is not None}
+
+@torch.no_grad()
+def _scale_new_elements(opt, args, kwargs) -> None:
+    "Step post-hook: the new elements of widened parameters moved `widen_lr_scale` times as far as the step moved them."
+    before = opt.__dict__.pop('_widened_before')
+    for g in opt.param_groups:
+        for p, shape in zip(g['params'], g.get('old_shapes', ())):
+            if shape is None: continue
+            step = p - before[p]
+            step[tuple(slice(0, n) for n in shape)] = 0  # old elements: as SGD left them
+            p.sub_(step, alpha=1 - g['widen_lr_scale'])
+
+
 # %% ../nbs/15_growstep.ipynb #e1f2770c
 def make_optimizer(network: Network, groups: list, optim: dict, device='cpu') -> torch.optim.SGD:
     "SGD over `groups` (from `param_groups`), hyper-parameters explicit in every group."
     named = dict(network.named_parameters())
     fused = optim['fused'] if optim['fused'] != 'auto' else torch.device(device).type == 'cuda'
-    return torch.optim.SGD([{'params': [named[n] for n in g['params']], 'name': g['name'], 'birth': g['birth'],
-                             'weight_decay': g['weight_decay'], 'lr': optim['lr'], 'momentum': optim['momentum'],
-                             'nesterov': optim['nesterov']} for g in groups],
-                           lr=optim['lr'], fused=True if fused else None)
+    opt = torch.optim.SGD([{'params': [named[n] for n in g['params']], 'name': g['name'], 'birth': g['birth'],
+                            'weight_decay': g['weight_decay'], 'lr': optim['lr'], 'momentum': optim['momentum'],
+                            'nesterov': optim['nesterov'], **{k: g[k] for k in WIDENED_KEYS if k in g}} for g in groups],
+                          lr=optim['lr'], fused=True if fused else None)
+    if any('old_shapes' in g for g in groups):  # new channels at their own learning rate (see below)
+        opt.register_step_pre_hook(_before_step); opt.register_step_post_hook(_scale_new_elements)
+    return opt
 
 def optimizer_groups(optimizer: torch.optim.Optimizer, network: Network) -> list:
     "The parameter groups of `optimizer` as `param_groups` gives them: names, not tensors."
     names = {id(p): n for n, p in network.named_parameters()}
     return [{'name': g['name'], 'birth': g['birth'], 'weight_decay': g['weight_decay'],
-             'params': [names[id(p)] for p in g['params']]} for g in optimizer.param_groups]
+             'params': [names[id(p)] for p in g['params']], **{k: g[k] for k in WIDENED_KEYS if k in g}}
+            for g in optimizer.param_groups]
 
 # %% ../nbs/15_growstep.ipynb #8949ec03
 def insertion_renames(names, inserts) -> dict:
@@ -125,9 +163,11 @@ def _apply_operators(net, plan, calibration, seed: int) -> tuple:
     copy_scale = settings.get('copy_scale', 0.5)
     for k, (stage, width) in enumerate(plan.widens):
         data = calibration if WIDEN_INITS[settings['widen_init']].needs_data else None
+        vt = settings.get('widen_variance_transfer', False)
         f, net = count_flops(widen, net, stage, width, init=settings['widen_init'], data=data,
-                             generator=derive_seed(seed, plan.index, 0, k))
-        flops += f; ops.append(f"widen(stage={stage}, width={width}, init={settings['widen_init']})")
+                             generator=derive_seed(seed, plan.index, 0, k), variance_transfer=vt)
+        vt = ', variance_transfer' if vt else ''
+        flops += f; ops.append(f"widen(stage={stage}, width={width}, init={settings['widen_init']}{vt})")
     for k, (stage, index) in enumerate(plan.inserts):
         init, why = _depth_init(net, stage, index, settings['init'])
         data = calibration if GROWTH_INITS[init].needs_data else None
@@ -163,8 +203,12 @@ def grow(network: Network, optimizer, plan, births, optim: dict, calibration: tu
             net, flops, ops, sources = _apply_operators(network.net, plan, x, seed)
             new = Network(net, None, plan.active_blocks).to(device, memory_format=memory_format)
             broadcast_state(new)
-            new_opt = make_optimizer(new, param_groups(new, births, optim), optim, device)
             renames = insertion_renames([n for n, _ in network.named_parameters()], plan.inserts)
+            groups = param_groups(new, births, optim)
+            if plan.widens:  # new channels: widen_lr_scale times the learning rate (1: no change)
+                groups = mark_widened(groups, widened_shapes(network, new, renames),
+                                      plan.settings.get('widen_lr_scale', 1.0))
+            new_opt = make_optimizer(new, groups, optim, device)
             carry_state(optimizer, network, new_opt, new, renames)
             copy_state(new_opt, new, plan.inserts, sources, plan.settings.get('copy_scale', 0.5))
     after = probe(new, x, y)

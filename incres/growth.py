@@ -18,8 +18,9 @@ from torch import nn
 from .resnet import BasicBlock, ChannelMapShortcut, PlainLayer, ProjectionShortcut, ResNet, init_weights
 
 # %% auto #0
-__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'COPY_SCALED', 'NET2NET_NOISE',
-           'GrowthInit', 'function_gap', 'insertion_points', 'copy_source', 'grow_depth', 'widen']
+__all__ = ['PRESERVES', 'GROWTH_INITS', 'WIDEN_INITS', 'MODES', 'DILS_RIDGE', 'DILS_STEPS', 'COPY_SCALED',
+           'VARIANCE_TRANSFER_INITS', 'NET2NET_NOISE', 'GrowthInit', 'function_gap', 'insertion_points', 'copy_source',
+           'grow_depth', 'widen']
 
 # %% ../nbs/01_growth.ipynb #04e47a93
 PRESERVES = ('exact', 'approx', 'no')
@@ -381,7 +382,8 @@ class _Widener:
         counts = inp.counts[inp.g].to(w.dtype).view(shape)
         split = w.index_select(1, inp.g) / counts
         if self.noise:  # net2net only: the fresh inits do not split
-            eps = torch.randn(split.shape, generator=self.generator).to(w) * (self.noise * w.std())
+            std = w.std() if w.numel() > 1 else w.new_zeros(())  # a single weight has no spread (std: NaN)
+            eps = torch.randn(split.shape, generator=self.generator).to(w) * (self.noise * std)
             split = split + eps * (counts > 1)
         return split
 
@@ -452,17 +454,49 @@ class _Widener:
             return shortcut
         raise ValueError(f"cannot widen a shortcut of type {type(shortcut).__name__}")
 
+# %% ../nbs/01_growth.ipynb #7e480876
+VARIANCE_TRANSFER_INITS = ('random', 'paired')  # inits that draw new weights at the new width's variance
+_CONV_BN = (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv', 'bn'), ('0', '1'))  # blocks, PlainLayer, stem/projection
+
+def _check_variance_transfer(variance_transfer, init: str) -> bool:
+    if not isinstance(variance_transfer, bool):
+        raise ValueError(f"variance_transfer must be True or False, got {variance_transfer!r}")
+    if variance_transfer and init not in VARIANCE_TRANSFER_INITS:
+        raise ValueError(f"variance_transfer rescales old weights to the variance of newly drawn ones: it needs init "
+                         f"in {list(VARIANCE_TRANSFER_INITS)}, got {init!r} (which splits old weights, draws none)")
+    return variance_transfer
+
+def _conv_bn_pairs(model: nn.Module) -> list:
+    "Every (convolution, the BatchNorm right after it) of an incres ResNet, in module order."
+    return [(getattr(m, c), getattr(m, b)) for m in model.modules() for c, b in _CONV_BN
+            if isinstance(getattr(m, c, None), nn.Conv2d) and isinstance(getattr(m, b, None), nn.BatchNorm2d)]
+
+
+# %% ../nbs/01_growth.ipynb #550829dc
+def _transfer_variance(old: ResNet, new: ResNet) -> None:
+    """In `new` (widened from `old`), scale the old block W[:n_out, :n] of every convolution whose fan-in grew from n
+    to n′ by c = √(n/n′), and the running mean (× c) and variance (× c²) of the old channels of its BatchNorm."""
+    for (oc, _), (nc, nb) in zip(_conv_bn_pairs(old), _conv_bn_pairs(new), strict=True):
+        if nc.in_channels == oc.in_channels: continue
+        c = (oc.in_channels / nc.in_channels) ** 0.5
+        nc.weight[:oc.out_channels, :oc.in_channels] *= c
+        if nb.running_mean is not None:
+            nb.running_mean[:oc.out_channels] *= c; nb.running_var[:oc.out_channels] *= c * c
+
+
 # %% ../nbs/01_growth.ipynb #5b80c1e9
 NET2NET_NOISE = 1e-2  # init='net2net_noise': relative std of the symmetry-breaking noise unless `noise` is given
 
 def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: float = 0.0,
-          data: torch.Tensor | None = None, generator=None) -> ResNet:
+          data: torch.Tensor | None = None, generator=None, variance_transfer: bool = False) -> ResNet:
     """A copy of `model` whose stage `stage` has `width` channels (Net2WiderNet, Chen et al. 2016, §3.1).
 
     `init` is one of `WIDEN_INITS` (`net2net`, `net2net_noise`, random pad, `paired`); `noise` (≥ 0, net2net only)
     is the relative std of symmetry-breaking noise (`net2net_noise`: `NET2NET_NOISE` unless `noise` > 0);
     `data` is accepted for a uniform signature and not used; `generator`: None, an int seed or a CPU
-    torch.Generator. The input model is untouched. Not for torchvision ResNets (a `NotImplementedError`)."""
+    torch.Generator. `variance_transfer` (`random`, `paired`: `VARIANCE_TRANSFER_INITS`) then rescales the old weights
+    of every convolution whose fan-in grew to the new fan-in's variance (`_transfer_variance`). The input model is
+    untouched. Not for torchvision ResNets (a `NotImplementedError`)."""
     if not isinstance(model, ResNet):
         from incres.tvresnet import as_torchvision
         if as_torchvision(model) is not None:
@@ -476,6 +510,7 @@ def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: f
     if width is None or width <= old:
         raise ValueError(f"width must be an integer larger than stage {stage}'s current width {old}")
     _check_init(WIDEN_INITS, init)
+    variance_transfer = _check_variance_transfer(variance_transfer, init)
     try: noise = float(noise)
     except (TypeError, ValueError): noise = float('nan')
     if not noise >= 0: raise ValueError(f"noise must be a number >= 0 (relative std of the symmetry-breaking noise)")
@@ -504,6 +539,7 @@ def widen(model: ResNet, stage: int, width: int, init: str = 'net2net', noise: f
             first.conv1 = w.conv(first.conv1, inp=stream)
             first.shortcut = w.shortcut_in(first.shortcut, stream)
         else: new.fc = w.linear(new.fc, stream)
+        if variance_transfer: _transfer_variance(model, new)
     return _finish(new, model)
 
 @_register(WIDEN_INITS, 'widen', 'net2net',

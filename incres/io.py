@@ -72,5 +72,6 @@ def check_writable(folder, need_bytes: int = 0, what: str = 'folder') -> Path:
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         raise WriteError(errno.ENOSPC, f"cannot write {folder}: {free / 2**20:.1f} MiB free but about "
-                                       f"{need_bytes / 2**20:.1f} MiB are needed: free some space or choose another {what}")
+                                       f"{need_bytes / 2**20:.1f} MiB are needed: "
+                                       f"free some space or choose another {what}")
     return folder

@@ -68,7 +68,7 @@ def depth(self: Network) -> int:
     if self.aux is None: return self.net.depth
     return 1 + sum(self.unit(u).n_layers for u in self.unit_ids[1:]) + self.aux['hidden_layers'] + 1
 
-# %% ../nbs/14_network.ipynb #e9954a93
+# %% ../nbs/14_network.ipynb #805fbb89
 BLOCK_KINDS = {'BasicBlock', 'PlainLayer'}
 
 def network_spec(network: Network) -> dict:
@@ -81,13 +81,15 @@ def network_spec(network: Network) -> dict:
             'widths': list(net.widths), 'stages': [[type(b).__name__ for b in s] for s in net.stages],
             'aux': network.aux, 'active_blocks': network.active_blocks}
 
+# %% ../nbs/14_network.ipynb #4cb5f962
 def build_network(spec: dict) -> Network:
     "A freshly initialised `Network` with the architecture `spec` describes."
     if spec.get('arch') == 'torchvision':
         from incres.tvresnet import TorchvisionAdapter, torchvision_from_spec
         return Network(TorchvisionAdapter(torchvision_from_spec(spec)), spec['aux'], spec['active_blocks'])
     unknown = {k for s in spec['stages'] for k in s} - BLOCK_KINDS
-    if unknown: raise ValueError(f"unknown block kind {sorted(unknown)[0]!r} in network spec (known: {sorted(BLOCK_KINDS)})")
+    if unknown: raise ValueError(f"unknown block kind {sorted(unknown)[0]!r} in network spec "
+                                 f"(known: {sorted(BLOCK_KINDS)})")
     net = ResNet([len(s) for s in spec['stages']], spec['widths'], spec['in_channels'], spec['num_classes'],
                  spec['shortcut'])
     for i, s in enumerate(spec['stages']):
@@ -95,6 +97,7 @@ def build_network(spec: dict) -> Network:
             if kind == 'PlainLayer': net.stages[i][j] = PlainLayer(spec['widths'][i])
     return Network(net, spec['aux'], spec['active_blocks'])
 
+# %% ../nbs/14_network.ipynb #fa47fce6
 def load_model(path, map_location='cpu') -> Network:
     "The final network saved by a run (`out_dir/model.pt`), in eval mode (a torchvision one: `.net.model`)."
     blob = torch.load(path, map_location=map_location, weights_only=True)

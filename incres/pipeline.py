@@ -20,11 +20,9 @@ from .io import atomic_write
 __all__ = ['SMOKE_PARAMS', 'HEADLINE', 'check_params', 'load_params', 'experiment_runs', 'run_experiment', 'load_runs',
            'compute_to_accuracy', 'widening_curves', 'widening_comparison', 'block_deletion']
 
-# %% ../nbs/07_pipeline.ipynb #398f8937
+# %% ../nbs/07_pipeline.ipynb #b57c48f2
 SMOKE_PARAMS = {
-    'profile': 'smoke',
-    'datasets': ['synthetic'],
-    'strategies': ['e2e', 'zero', 'greedy'],
+    'profile': 'smoke', 'datasets': ['synthetic'], 'strategies': ['e2e', 'zero', 'greedy'],
     'strategy': {'e2e': {'name': 'e2e'}, 'zero': {'name': 'incremental', 'init': 'zero'},
                  'greedy': {'name': 'greedy', 'hidden_layers': 1}},
     'profiles': {'smoke': {
@@ -37,6 +35,7 @@ SMOKE_PARAMS = {
     }},
 }
 
+# %% ../nbs/07_pipeline.ipynb #d3afecf3
 def check_params(params: dict) -> dict:
     "Validate the pipeline parameters before any training; returns the active profile."
     for key in ('profile', 'datasets', 'strategies', 'strategy', 'profiles'):
@@ -53,17 +52,19 @@ def check_params(params: dict) -> dict:
     if unknown: raise ValueError(f"params: profiles.{name}.variants names unknown strategies {unknown}")
     return profile
 
+# %% ../nbs/07_pipeline.ipynb #eef91cbf
 def load_params(path=None) -> dict:
     "The pipeline parameters from a `params.yaml` (`None`: `SMOKE_PARAMS`), validated."
     params = SMOKE_PARAMS if path is None else yaml.safe_load(Path(path).read_text())
     check_params(params)
     return params
 
-# %% ../nbs/07_pipeline.ipynb #6e65be7a
+# %% ../nbs/07_pipeline.ipynb #3496a19f
 def experiment_runs(params: dict, dataset: str, strategy: str, data_root='data') -> list[dict]:
     "The runs of one (dataset, strategy) cell of the grid: `[{'name', 'variant', 'seed', 'config'}]`."
     profile = check_params(params)
-    if strategy not in params['strategy']: raise ValueError(f"unknown strategy {strategy!r}; params lists {params['strategies']}")
+    if strategy not in params['strategy']:
+        raise ValueError(f"unknown strategy {strategy!r}; params lists {params['strategies']}")
     base = merge(profile['common'], (profile.get('datasets') or {}).get(dataset, {}))
     base = merge(base, {'dataset': {'name': dataset, 'root': str(data_root)}, 'strategy': params['strategy'][strategy]})
     variants = (profile.get('variants') or {}).get(strategy) or {'': {}}
@@ -71,7 +72,7 @@ def experiment_runs(params: dict, dataset: str, strategy: str, data_root='data')
              'config': merge(merge(base, overrides), {'train': {'seed': seed}})}
             for variant, overrides in variants.items() for seed in profile['seeds']]
 
-# %% ../nbs/07_pipeline.ipynb #a3d27acf
+# %% ../nbs/07_pipeline.ipynb #9adf9ac4
 HEADLINE = ('test_acc', 'val_acc', 'train_flops', 'train_seconds', 'params', 'depth')
 
 def _summary(metrics: list[dict]) -> dict:
@@ -85,7 +86,9 @@ def _summary(metrics: list[dict]) -> dict:
         if len(values) > 1: out[f'{key}_std'] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
     return out
 
-def run_experiment(params: dict, dataset: str, strategy: str, out_dir, models_dir=None, data_root='data') -> pd.DataFrame:
+# %% ../nbs/07_pipeline.ipynb #b43c0a1e
+def run_experiment(params: dict, dataset: str, strategy: str, out_dir, models_dir=None,
+                   data_root='data') -> pd.DataFrame:
     "Train every run of the (dataset, strategy) cell; returns one row of metrics per run."
     out_dir = Path(out_dir)
     runs = experiment_runs(params, dataset, strategy, data_root)
@@ -108,7 +111,7 @@ def run_experiment(params: dict, dataset: str, strategy: str, out_dir, models_di
     atomic_write(out_dir/'metrics.json', json.dumps(summary, indent=2) + '\n')
     return pd.DataFrame(rows)
 
-# %% ../nbs/07_pipeline.ipynb #ffed2294
+# %% ../nbs/07_pipeline.ipynb #73be2ce2
 def load_runs(runs_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "`(metrics, history, events)` of every finished run under `runs_dir/<strategy>/logs/<run>/`."
     metrics, history, events = [], [], []
@@ -119,15 +122,18 @@ def load_runs(runs_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         history.append(pd.read_csv(run_dir/'history.csv').assign(**keys))
         lines = (run_dir/'events.jsonl').read_text().splitlines() if (run_dir/'events.jsonl').exists() else []
         events += [{**keys, **json.loads(line)} for line in lines]
-    if not metrics: raise FileNotFoundError(f"no finished runs under {runs_dir} (expected <strategy>/logs/<run>/metrics.json)")
+    if not metrics:
+        raise FileNotFoundError(f"no finished runs under {runs_dir} (expected <strategy>/logs/<run>/metrics.json)")
     return pd.DataFrame(metrics), pd.concat(history, ignore_index=True), pd.DataFrame(events)
 
-# %% ../nbs/07_pipeline.ipynb #1614191b
+# %% ../nbs/07_pipeline.ipynb #3dcb7a81
 def compute_to_accuracy(metrics: pd.DataFrame, history: pd.DataFrame, reference: str = 'e2e',
                         tolerance: float = 0.003) -> pd.DataFrame:
     "Per strategy: FLOPs and seconds to reach the reference's final test accuracy, as ratios to the reference's totals."
     ref = metrics[metrics.strategy_key == reference]
-    if ref.empty: raise ValueError(f"no runs of the reference strategy {reference!r} (have {sorted(metrics.strategy_key.unique())})")
+    if ref.empty:
+        raise ValueError(f"no runs of the reference strategy {reference!r} "
+                         f"(have {sorted(metrics.strategy_key.unique())})")
     target = ref.test_acc.mean() - tolerance
     ref_flops, ref_seconds = ref.train_flops.mean(), ref.train_seconds.mean()
     rows = []
@@ -135,10 +141,12 @@ def compute_to_accuracy(metrics: pd.DataFrame, history: pd.DataFrame, reference:
         m = metrics[(metrics.strategy_key == strategy) & (metrics.run == run)].iloc[0]
         hit = h[h.test_acc >= target].head(1)
         rows.append({'strategy': strategy, 'run': run, 'final_test_acc': m.test_acc, 'best_test_acc': h.test_acc.max(),
-                     'total_flops_ratio': m.train_flops / ref_flops, 'total_seconds_ratio': m.train_seconds / ref_seconds,
+                     'total_flops_ratio': m.train_flops / ref_flops,
+                     'total_seconds_ratio': m.train_seconds / ref_seconds,
                      'reached': not hit.empty,
                      'flops_ratio': float(hit.train_flops.iloc[0] / ref_flops) if not hit.empty else float('nan'),
-                     'seconds_ratio': float(hit.train_seconds.iloc[0] / ref_seconds) if not hit.empty else float('nan')})
+                     'seconds_ratio': (float(hit.train_seconds.iloc[0] / ref_seconds) if not hit.empty
+                                       else float('nan'))})
     table = pd.DataFrame(rows).groupby('strategy', sort=False).agg(
         runs=('run', 'size'), final_test_acc=('final_test_acc', 'mean'), best_test_acc=('best_test_acc', 'mean'),
         reached=('reached', 'mean'), flops_ratio=('flops_ratio', 'mean'), seconds_ratio=('seconds_ratio', 'mean'),
@@ -146,7 +154,7 @@ def compute_to_accuracy(metrics: pd.DataFrame, history: pd.DataFrame, reference:
     table.attrs['target_acc'] = float(target)
     return table
 
-# %% ../nbs/07_pipeline.ipynb #1c498cea
+# %% ../nbs/07_pipeline.ipynb #b9eeb2b1
 import numpy as np
 
 def widening_curves(history: pd.DataFrame, events: pd.DataFrame, students, reference: str = 'e2e') -> pd.DataFrame:
@@ -171,6 +179,7 @@ def widening_curves(history: pd.DataFrame, events: pd.DataFrame, students, refer
     return (pd.concat(parts).dropna(subset=['test_acc'])
             .groupby(['strategy_key', 'part', 'epoch'], as_index=False, sort=False)[columns].mean())
 
+# %% ../nbs/07_pipeline.ipynb #5ec557cf
 def widening_comparison(curves: pd.DataFrame, students, others: dict) -> pd.DataFrame:
     """Per student: its final test accuracy, and for each `others` entry `{name: (strategy_key, part)}` the student's
     test accuracy minus that curve's at equal FLOPs since widening (`<name>_equal_flops`: mean over the student's
@@ -191,7 +200,7 @@ def widening_comparison(curves: pd.DataFrame, students, others: dict) -> pd.Data
         rows.append(row)
     return pd.DataFrame(rows).set_index('strategy') if rows else pd.DataFrame()
 
-# %% ../nbs/07_pipeline.ipynb #46fff9fe
+# %% ../nbs/07_pipeline.ipynb #662afe35
 import torch
 import torch.nn.functional as F
 
@@ -207,6 +216,6 @@ def block_deletion(network, batches) -> pd.DataFrame:
         block.forward = lambda x, b=block: F.relu(b.shortcut(x))
         try: acc = evaluate(network, batches)['acc']
         finally: block.forward = forward
-        rows.append({'stage': stage, 'index': index, 'downsampling': block.stride > 1 or block.in_channels != block.out_channels,
-                     'acc': acc})
+        downsampling = block.stride > 1 or block.in_channels != block.out_channels
+        rows.append({'stage': stage, 'index': index, 'downsampling': downsampling, 'acc': acc})
     return pd.DataFrame(rows)

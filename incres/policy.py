@@ -20,7 +20,8 @@ def improvement_per_flop(rows: list, metric: str, window: int, unit_flops: float
     if len(rows) < window + 1: return None
     before, now = rows[-1 - window], rows[-1]
     if before.get(metric) is None or now.get(metric) is None: return None  # not evaluated at these epochs
-    gain = (before[metric] - now[metric]) / abs(before[metric]) if metric.endswith('loss') else now[metric] - before[metric]
+    gain = ((before[metric] - now[metric]) / abs(before[metric]) if metric.endswith('loss')
+            else now[metric] - before[metric])
     return gain / ((now['train_flops'] - before['train_flops']) / unit_flops)
 
 # %% ../nbs/15b_policy.ipynb #f22816a3

@@ -20,7 +20,7 @@ import torch
 __all__ = ['CPU_FLAGS', 'LOCK_NAME', 'parse_cpuinfo', 'cpu_info', 'cpu_model', 'onednn_version', 'cpu_capability', 'repo_root',
            'lock_path', 'sha256', 'lock_pins', 'lock_mismatches', 'machine_record']
 
-# %% ../nbs/25_provenance.ipynb #263d61c9
+# %% ../nbs/25_provenance.ipynb #841f9da3
 CPU_FLAGS = ('sse4_2', 'avx', 'fma', 'avx2', 'avx_vnni', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni',
              'avx512_bf16', 'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_int8', 'amx_fp16',  # x86
              'asimd', 'asimdhp', 'sve', 'sve2', 'bf16', 'i8mm')  # Arm
@@ -35,6 +35,7 @@ def parse_cpuinfo(text: str) -> tuple[str | None, list[str]]:
         elif key in ('flags', 'Features') and flags is None: flags = set(value.split())  # Features: Arm
     return model, [f for f in CPU_FLAGS if f in (flags or ())]
 
+# %% ../nbs/25_provenance.ipynb #57b5885e
 def cpu_info(path='/proc/cpuinfo') -> tuple[str, list[str]]:
     "The CPU's model name and relevant flags (Linux); elsewhere, `platform.processor()` and no flags."
     try: model, flags = parse_cpuinfo(Path(path).read_text())
@@ -59,7 +60,7 @@ def cpu_capability() -> str | None:
     get = getattr(getattr(torch.backends, 'cpu', None), 'get_cpu_capability', None)
     return get() if get else None
 
-# %% ../nbs/25_provenance.ipynb #37506252
+# %% ../nbs/25_provenance.ipynb #08a71039
 LOCK_NAME = 'requirements.lock'
 
 def repo_root() -> Path | None:
@@ -78,6 +79,7 @@ def sha256(path) -> str:
     "The file's sha256, hex."
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
+# %% ../nbs/25_provenance.ipynb #5cb138b4
 def _canonical(name: str) -> str: return re.sub(r'[-_.]+', '-', name).lower()
 
 def lock_pins(text: str) -> dict[str, str]:
@@ -88,6 +90,7 @@ def lock_pins(text: str) -> dict[str, str]:
         if m: pins[_canonical(m.group(1))] = m.group(2)
     return pins
 
+# %% ../nbs/25_provenance.ipynb #605a9fc1
 def lock_mismatches(path=None) -> list[str] | None:
     "Locked packages not installed at their locked version, as `name installed != locked`; None without a lock."
     path = lock_path() if path is None else Path(path)
@@ -99,13 +102,14 @@ def lock_mismatches(path=None) -> list[str] | None:
         if have != version: out.append(f'{name} {have} != {version}')
     return out
 
-# %% ../nbs/25_provenance.ipynb #c195b178
+# %% ../nbs/25_provenance.ipynb #89258dd7
 def _name(x) -> str | None:
     if x is None: return None
     return str(x).removeprefix('torch.') if isinstance(x, torch.dtype) else str(x)
 
 def _utc_now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
+# %% ../nbs/25_provenance.ipynb #c72ba031
 def machine_record(device=None, precision=None) -> dict:
     "The machine and software behind a result: CPU, torch build, threads, device, precision, Python, date, lock."
     from incres import __version__

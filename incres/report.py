@@ -30,7 +30,7 @@ def machine_paragraph(rows: list) -> str:
              f"{(m['lock_sha256'] or 'none')[:12]}, {m['date']}" for m in seen.values()]
     return '<p>Trained on: ' + '; '.join(map(html.escape, sorted(set(lines)))) + '.</p>'
 
-# %% ../nbs/22_report.ipynb #abf1a222
+# %% ../nbs/22_report.ipynb #b784e71f
 FIGURE_ORDER = ('function_preservation', 'accuracy_vs_compute', 'pareto', 'loss_at_growth', 'net2net_widening',
                 'greedy_heads', 'block_deletion')
 _LOADED = """<script>
@@ -41,6 +41,7 @@ window.addEventListener('load', () => {
 });
 </script>"""
 
+# %% ../nbs/22_report.ipynb #7189ce4a
 def render_notebook(notebook, html_path) -> Path:
     "Render an executed notebook to a standalone HTML file (figures embedded), atomically."
     from nbconvert import HTMLExporter
@@ -48,6 +49,7 @@ def render_notebook(notebook, html_path) -> Path:
     atomic_write(html_path, body)
     return Path(html_path)
 
+# %% ../nbs/22_report.ipynb #0d00b823
 def _section(name: str, folder: Path, out_dir: Path) -> str:
     "One dataset's part of the index: its ratio table, figures with captions, and a link to the rendered notebook."
     captions = json.loads((folder/'captions.json').read_text()) if (folder/'captions.json').exists() else {}
@@ -56,18 +58,22 @@ def _section(name: str, folder: Path, out_dir: Path) -> str:
         table = pd.read_csv(folder/'compute_to_accuracy.csv', index_col=0)
         parts.append('<h3>Compute to reach end-to-end accuracy (ratios to end-to-end)</h3>'
                      + table.to_html(float_format=lambda v: f'{v:.3f}', na_rep='—', border=0, classes='ratios'))
-    figures = sorted(folder.glob('*.png'), key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else 99, p.stem))
+    figures = sorted(folder.glob('*.png'),
+                     key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else 99, p.stem))
     for png in figures:
         rel = os.path.relpath(png, out_dir)
         parts.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(png.stem)}">'
-                     f'<figcaption><b>{html.escape(png.stem)}.</b> {html.escape(captions.get(png.stem, ""))}</figcaption></figure>')
+                     f'<figcaption><b>{html.escape(png.stem)}.</b> {html.escape(captions.get(png.stem, ""))}'
+                     '</figcaption></figure>')
     for nb in sorted(folder.glob('*.ipynb')):
         page = render_notebook(nb, out_dir/f'{name}-{nb.stem}.html')
         parts.append(f'<p>Executed notebook: <a href="{page.name}">{html.escape(nb.name)}</a></p>')
     return '\n'.join(parts)
 
+# %% ../nbs/22_report.ipynb #76eb5225
 def write_report(reports_dir, out_dir=None, runs_dir=None, title: str = 'incres report', note: str = '') -> Path:
-    "Write `out_dir/index.html` (default `reports_dir/html`) over every section folder of `reports_dir`; returns its path."
+    ("Write `out_dir/index.html` (default `reports_dir/html`) over every section folder of `reports_dir`; "
+     "returns its path.")
     reports_dir = Path(reports_dir)
     out_dir = Path(out_dir) if out_dir else reports_dir/'html'
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,13 +85,15 @@ def write_report(reports_dir, out_dir=None, runs_dir=None, title: str = 'incres 
         rows = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob('*/*/metrics.json'))]
         keep = ['dataset', 'strategy', 'runs', 'test_acc', 'val_acc', 'train_flops', 'train_seconds', 'depth', 'params']
         runs = ('<h2 id="runs">All runs (mean over seeds)</h2>' + machine_paragraph(rows)
-                + pd.DataFrame(rows).reindex(columns=keep).to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}'))
+                + pd.DataFrame(rows).reindex(columns=keep).to_html(index=False, border=0,
+                                                                   float_format=lambda v: f'{v:.4g}'))
     nav = ' · '.join(f'<a href="#{html.escape(p.name)}">{html.escape(p.name)}</a>' for p in folders)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 img{{max-width:100%}} figure{{margin:1.5em 0}} figcaption{{color:#444;font-size:.9em}}
-table{{border-collapse:collapse;font-size:.85em}} td,th{{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:right}}</style>
+table{{border-collapse:collapse;font-size:.85em}} td,th{{padding:.2em .6em;border-bottom:1px solid #ddd;\
+text-align:right}}</style>
 </head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(note)}</p>
@@ -99,23 +107,26 @@ table{{border-collapse:collapse;font-size:.85em}} td,th{{padding:.2em .6em;borde
     atomic_write(index, page)
     return index
 
-# %% ../nbs/22_report.ipynb #c885dbff
+# %% ../nbs/22_report.ipynb #588b94dd
 def find_chromium() -> str | None:
     "Path of a Chromium binary, or None."
     return next((p for p in map(shutil.which, ('chromium', 'chromium-browser', 'google-chrome')) if p), None)
 
+# %% ../nbs/22_report.ipynb #3e90cdb8
 def check_in_browser(page, screenshot=None, timeout: float = 60) -> tuple[int, int]:
     "Open `page` in headless Chromium, optionally save a PNG screenshot; returns `(images loaded, images)`."
     chromium = find_chromium()
     if chromium is None: raise FileNotFoundError('no Chromium found: apt-get install -y chromium')
     url = Path(page).resolve().as_uri()
-    flags = ['--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files', '--virtual-time-budget=5000']
+    flags = ['--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files',
+             '--virtual-time-budget=5000']
     with tempfile.TemporaryDirectory() as profile:
         flags.append(f'--user-data-dir={profile}')
-        dom = subprocess.run([chromium, *flags, '--dump-dom', url], capture_output=True, text=True, timeout=timeout).stdout
+        dom = subprocess.run([chromium, *flags, '--dump-dom', url], capture_output=True, text=True,
+                             timeout=timeout).stdout
         if screenshot is not None:
-            subprocess.run([chromium, *flags, f'--screenshot={Path(screenshot).resolve()}', '--window-size=1200,2400', url],
-                           capture_output=True, timeout=timeout, check=True)
+            subprocess.run([chromium, *flags, f'--screenshot={Path(screenshot).resolve()}', '--window-size=1200,2400',
+                            url], capture_output=True, timeout=timeout, check=True)
     marker = 'data-images-loaded="'
     if marker not in dom: raise RuntimeError(f'{page}: the page did not finish loading in Chromium')
     ok, total = dom.split(marker, 1)[1].split('"', 1)[0].split('/')

@@ -126,7 +126,7 @@ def init_weights(module: nn.Module, generator: torch.Generator | None = None) ->
         elif isinstance(m, nn.Linear): nn.init.kaiming_normal_(m.weight, generator=generator); nn.init.zeros_(m.bias)
     return module
 
-# %% ../nbs/00_resnet.ipynb #b56fdea8
+# %% ../nbs/00_resnet.ipynb #375035f4
 class ResNet(nn.Module):
     """CIFAR ResNet (He et al. 2016, §4.2) with any number of blocks per stage.
 
@@ -139,9 +139,11 @@ class ResNet(nn.Module):
         stage_depths, widths = tuple(stage_depths), tuple(widths)
         if len(stage_depths) != len(widths) or not stage_depths:
             raise ValueError(f"need one width per stage: stage_depths={stage_depths}, widths={widths}")
-        if min(stage_depths) < 1: raise ValueError(f"every stage needs at least one block, got stage_depths={stage_depths}")
+        if min(stage_depths) < 1:
+            raise ValueError(f"every stage needs at least one block, got stage_depths={stage_depths}")
         if min(widths) < 1 or in_channels < 1 or num_classes < 1:
-            raise ValueError(f"widths, in_channels and num_classes must be positive, got {widths}, {in_channels}, {num_classes}")
+            raise ValueError(f"widths, in_channels and num_classes must be positive, got {widths}, {in_channels}, "
+                             f"{num_classes}")
         if shortcut not in SHORTCUTS: raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
         self.shortcut_option = shortcut
         self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU())

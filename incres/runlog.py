@@ -18,11 +18,11 @@ from .io import atomic_write
 # %% auto #0
 __all__ = ['HISTORY_FIELDS', 'LIVE_METRICS', 'csv_text', 'history_rows', 'write_logs', 'LiveLog', 'progress_bar', 'epoch_line']
 
-# %% ../nbs/18_runlog.ipynb #cb345808
-HISTORY_FIELDS = ['epoch', 'phase', 'step', 'depth', 'params', 'stage_depths', 'widths', 'lr', 'train_loss', 'train_acc',
-                  'first_steps_loss', 'last_steps_loss', 'val_loss', 'val_acc', 'test_loss', 'test_acc', 'ensemble_acc',
-                  'train_flops', 'step_flops', 'growth_flops', 'cache_flops', 'eval_flops', 'train_seconds',
-                  'eval_seconds', 'prefix', 'cached', 'cache_bytes']
+# %% ../nbs/18_runlog.ipynb #b1235cd6
+HISTORY_FIELDS = ['epoch', 'phase', 'step', 'depth', 'params', 'stage_depths', 'widths', 'lr', 'train_loss',
+                  'train_acc', 'first_steps_loss', 'last_steps_loss', 'val_loss', 'val_acc', 'test_loss', 'test_acc',
+                  'ensemble_acc', 'train_flops', 'step_flops', 'growth_flops', 'cache_flops', 'eval_flops',
+                  'train_seconds', 'eval_seconds', 'prefix', 'cached', 'cache_bytes']
 
 def csv_text(rows: list, fields: list) -> str:
     "`rows` (dicts) as CSV text with columns `fields`; other keys are ignored."
@@ -57,7 +57,7 @@ def write_logs(out_dir, history: list, events: list, step_losses: list, lr_at, n
             steps.append({'epoch': e + 1, 'step': step + 1, 'loss': loss, 'lr': lr_at(step)}); step += 1
     atomic_write(out_dir/'steps.csv', csv_text(steps, ['epoch', 'step', 'loss', 'lr']))
 
-# %% ../nbs/18_runlog.ipynb #9b3ffb1c
+# %% ../nbs/18_runlog.ipynb #9ec657b8
 LIVE_METRICS = ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'test_loss', 'test_acc', 'test_ensemble_acc', 'lr',
                 'depth', 'params', 'train_flops', 'train_seconds', 'eval_flops')
 
@@ -77,7 +77,8 @@ class LiveLog:
 
     def summary(self, metrics: dict) -> None:
         "Add the final metrics (numbers only) to DVCLive's summary."
-        self.live.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        self.live.summary.update({k: v for k, v in metrics.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
     def close(self) -> None: self.live.end()
 

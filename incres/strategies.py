@@ -14,41 +14,49 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RECIPES', 'RECIPE_SOURCES', 'GROWTH_PARAMS', 'COMMON_PARAMS', 'STRATEGIES', 'PHASE_DEFAULTS', 'POSITIONS',
-           'TRAINABLE', 'LR_AT_GROWTH', 'HOLD_FINAL_FRACTION', 'SCHEDULES', 'AUX_MODES', 'CHECKS', 'PARAM_CHECKS',
-           'GROW_WHEN', 'DEFAULT_ARCH', 'TORCHVISION_WIDTH', 'TORCHVISION_MODEL_CHECKS', 'Strategy',
-           'final_stage_depths', 'stage_widths', 'merge', 'torchvision_arch', 'parse_override', 'apply_overrides',
-           'load_config', 'resolve_config', 'PhasePlan', 'plan_phases', 'schedule_factor', 'learning_rate']
+__all__ = ['DEFAULTS', 'RECIPES', 'RECIPE_SOURCES', 'WIDEN_OPTIONS', 'GROWTH_PARAMS', 'COMMON_PARAMS', 'STRATEGIES',
+           'PHASE_DEFAULTS', 'POSITIONS', 'TRAINABLE', 'LR_AT_GROWTH', 'HOLD_FINAL_FRACTION', 'SCHEDULES', 'AUX_MODES',
+           'CHECKS', 'PARAM_CHECKS', 'GROW_WHEN', 'DEFAULT_ARCH', 'TORCHVISION_WIDTH', 'TORCHVISION_MODEL_CHECKS',
+           'Strategy', 'final_stage_depths', 'stage_widths', 'merge', 'torchvision_arch', 'parse_override',
+           'apply_overrides', 'load_config', 'resolve_config', 'PhasePlan', 'plan_phases', 'schedule_factor',
+           'learning_rate']
 
-# %% ../nbs/06_strategies.ipynb #405574c0
+# %% ../nbs/06_strategies.ipynb #67efed53
 DEFAULTS = {
-    'dataset': {'name': 'cifar10', 'root': 'data', 'subset': None, 'val_size': 0, 'test_subset': None, 'batch_size': 128,
-                'eval_batch_size': 512, 'augment': True},
+    'dataset': {'name': 'cifar10', 'root': 'data', 'subset': None, 'val_size': 0, 'test_subset': None,
+                'batch_size': 128, 'eval_batch_size': 512, 'augment': True},
     'model': {'depth': 20, 'stage_depths': None, 'width': 16, 'shortcut': 'A'},
     'strategy': {'name': 'e2e'},
     'optim': {'lr': 0.1, 'momentum': 0.9, 'nesterov': True, 'weight_decay': 1e-4, 'decay_norm_and_bias': True,
               'schedule': 'step', 'milestones': [0.5, 0.75], 'gamma': 0.1, 'warmup_epochs': 0.0,
               'pct_start': 0.3, 'div_factor': 25.0, 'final_div_factor': 1e4, 'fused': 'auto'},
-    'train': {'epochs': 10, 'seed': 0, 'device': 'auto', 'channels_last': True, 'amp_bf16': False, 'compile': False,
-              'eval_every': 1, 'progress': 'auto', 'log_every': 50, 'checkpoint': True, 'save_model': True,
-              'interrupt_after_epoch': None},
+    'train': {'epochs': 10, 'seed': 0, 'device': 'auto', 'channels_last': True, 'amp_bf16': False,
+              'compile': False, 'eval_every': 1, 'progress': 'auto', 'log_every': 50, 'checkpoint': True,
+              'save_model': True, 'interrupt_after_epoch': None},
     'compute': {'cache_features': 'auto', 'cache_dtype': 'float32', 'memory_budget_gb': 4.0},
 }
 
+# %% ../nbs/06_strategies.ipynb #b66487e7
 RECIPES = {
     'he2016': {'dataset': {'batch_size': 128}, 'train': {'epochs': 164},
-               'optim': {'lr': 0.1, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 1e-4, 'decay_norm_and_bias': True,
-                         'schedule': 'step', 'milestones': [0.5, 0.75], 'gamma': 0.1, 'warmup_epochs': 0.0}},
+               'optim': {'lr': 0.1, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 1e-4,
+                         'decay_norm_and_bias': True, 'schedule': 'step', 'milestones': [0.5, 0.75], 'gamma': 0.1,
+                         'warmup_epochs': 0.0}},
 }
 RECIPE_SOURCES = {'he2016': 'He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2'}
 
-# %% ../nbs/06_strategies.ipynb #b21e4786
-GROWTH_PARAMS = {'start_depths': None, 'start_width': None, 'grow_epochs': None, 'grow_by': 0.5, 'blocks_per_growth': 1,
-                 'init': 'zero', 'widen_init': 'net2net', 'position': 'end', 'trainable': 'all', 'new_only_epochs': 1,
-                 'train_head': True, 'lr_at_growth': 'continue', 'rewarm_epochs': 1.0, 'lr_scale': 1.0,
-                 'new_lr_scale': 1.0, 'copy_scale': 0.5, 'grow_when': None}
+# %% ../nbs/06_strategies.ipynb #7619f474
+# Opt-in settings of a widening (incres.growstep): a resolved config holds them only where they differ from these
+# defaults, so that configs written before they existed resolve unchanged.
+WIDEN_OPTIONS = {'widen_variance_transfer': False, 'widen_lr_scale': 1.0}
+GROWTH_PARAMS = {'start_depths': None, 'start_width': None, 'grow_epochs': None, 'grow_by': 0.5,
+                 'blocks_per_growth': 1, 'init': 'zero', 'widen_init': 'net2net', 'position': 'end',
+                 'trainable': 'all', 'new_only_epochs': 1, 'train_head': True, 'lr_at_growth': 'continue',
+                 'rewarm_epochs': 1.0, 'lr_scale': 1.0, 'new_lr_scale': 1.0, 'copy_scale': 0.5, 'grow_when': None,
+                 **WIDEN_OPTIONS}
 COMMON_PARAMS = {'calibration_batches': 1}
 
+# %% ../nbs/06_strategies.ipynb #c352671d
 @dataclass
 class Strategy:
     "A named training schedule: its parameters with defaults, and how they expand into phases."
@@ -66,11 +74,11 @@ def _strategy(name, doc, source, params):
         return fn
     return register
 
-# %% ../nbs/06_strategies.ipynb #560b749b
+# %% ../nbs/06_strategies.ipynb #8be011e2
 PHASE_DEFAULTS = {'epochs': None, 'stage_depths': None, 'widths': None, 'active_blocks': None, 'init': 'zero',
                   'widen_init': 'net2net', 'position': 'end', 'trainable': 'all', 'new_only_epochs': 0,
-                  'train_head': True, 'lr': 'continue', 'rewarm_epochs': 0.0, 'lr_scale': 1.0, 'new_lr_scale': 1.0,
-                  'copy_scale': 0.5}
+                  'train_head': True, 'lr': 'continue', 'rewarm_epochs': 0.0, 'lr_scale': 1.0,
+                  'new_lr_scale': 1.0, 'copy_scale': 0.5}
 POSITIONS = ('end', 'front', 'spread')
 TRAINABLE = ('all', 'new', 'new_then_all')
 LR_AT_GROWTH = ('continue', 'rewarm', 'restart', 'hold')
@@ -78,6 +86,7 @@ HOLD_FINAL_FRACTION = 0.4  # lr=hold: the final network decays to zero over at l
 SCHEDULES = ('step', 'cosine', 'linear', 'onecycle', 'constant')
 AUX_MODES = ('greedy', 'dgl')
 
+# %% ../nbs/06_strategies.ipynb #a147b1c8
 def final_stage_depths(model: dict) -> list:
     "Blocks per stage of the final network from the `model` section."
     if model.get('stage_depths') is not None: return [int(d) for d in model['stage_depths']]
@@ -87,6 +96,7 @@ def final_stage_depths(model: dict) -> list:
                          "or set model.stage_depths: [n1, n2, n3]")
     return [(depth - 2) // 6] * 3
 
+# %% ../nbs/06_strategies.ipynb #cc41651b
 def stage_widths(width: int, n_stages: int) -> list:
     "He et al.'s widths: doubling at every stage."
     return [int(width) * 2**i for i in range(n_stages)]
@@ -101,43 +111,53 @@ def _expand_e2e(cfg, p):
     return [_phase(epochs=cfg['train']['epochs'], stage_depths=final,
                    widths=stage_widths(cfg['model']['width'], len(final)))], None
 
-# %% ../nbs/06_strategies.ipynb #dfb84bab
+# %% ../nbs/06_strategies.ipynb #a1cccbe2
 def _growth_phases(cfg, p):
-    "Phases of a growth preset: start small, add `blocks_per_growth` blocks per unfinished stage at each growth epoch."
+    ("Phases of a growth preset: start small, add `blocks_per_growth` blocks per unfinished stage "
+     "at each growth epoch.")
     final = final_stage_depths(cfg['model'])
     epochs = cfg['train']['epochs']
     start = ([1] * len(final) if p['start_depths'] is None else list(final) if p['start_depths'] == 'final'
              else list(p['start_depths']))
     if len(start) != len(final):
-        raise ValueError(f"strategy.start_depths has {len(start)} stages but the final network has {len(final)}: {final}")
+        raise ValueError(f"strategy.start_depths has {len(start)} stages but the final network has "
+                         f"{len(final)}: {final}")
     bad = [i for i, (s, f) in enumerate(zip(start, final)) if not (isinstance(s, int) and 1 <= s <= f)]
-    if bad: raise ValueError(f"strategy.start_depths[{bad[0]}] must be between 1 and the final depth {final[bad[0]]}, got {start[bad[0]]}")
+    if bad: raise ValueError(f"strategy.start_depths[{bad[0]}] must be between 1 and the final depth "
+                             f"{final[bad[0]]}, got {start[bad[0]]}")
     bpg = p['blocks_per_growth']
-    if not isinstance(bpg, int) or bpg < 1: raise ValueError(f"strategy.blocks_per_growth must be a positive integer, got {bpg!r}")
+    if not isinstance(bpg, int) or bpg < 1:
+        raise ValueError(f"strategy.blocks_per_growth must be a positive integer, got {bpg!r}")
     final_widths = stage_widths(cfg['model']['width'], len(final))
     start_widths = stage_widths(p['start_width'], len(final)) if p['start_width'] is not None else final_widths
     depths, steps = [start], []
     while depths[-1] != final:
         depths.append([min(d + bpg, f) for d, f in zip(depths[-1], final)])
     n_growths = max(len(depths) - 1, int(start_widths != final_widths))
-    if n_growths == 0: raise ValueError("strategy: the start network already is the final network, nothing to grow; use strategy.name: e2e")
+    if n_growths == 0: raise ValueError("strategy: the start network already is the final network, nothing to grow; "
+                                        "use strategy.name: e2e")
     if len(depths) == 1: depths.append(depths[0])  # widening only
     if p['grow_epochs'] is not None:
         grow = list(p['grow_epochs'])
         if len(grow) != n_growths:
-            raise ValueError(f"strategy.grow_epochs lists {_plural(len(grow), 'epoch')} but going from {start} to {final} blocks "
-                             f"{bpg} at a time takes {_plural(n_growths, 'growth')}")
+            raise ValueError(f"strategy.grow_epochs lists {_plural(len(grow), 'epoch')} but going from {start} to "
+                             f"{final} blocks {bpg} at a time takes {_plural(n_growths, 'growth')}")
     else:
         if not 0 < p['grow_by'] <= 1: raise ValueError(f"strategy.grow_by must be in (0, 1], got {p['grow_by']}")
         grow = [max(1, round(p['grow_by'] * epochs * g / n_growths)) for g in range(1, n_growths + 1)]
     bounds = [0] + grow + [epochs]
     if any(not isinstance(e, int) for e in grow) or any(b >= c for b, c in zip(bounds, bounds[1:])):
-        raise ValueError(f"growth epochs {grow} must be increasing integers strictly between 0 and train.epochs={epochs} "
-                         f"(every phase needs at least one epoch); {_plural(n_growths, 'growth')} need train.epochs >= {n_growths + 1}")
+        raise ValueError(f"growth epochs {grow} must be increasing integers strictly between 0 and "
+                         f"train.epochs={epochs} (every phase needs at least one epoch); "
+                         f"{_plural(n_growths, 'growth')} need train.epochs >= {n_growths + 1}")
     hold = p['lr_at_growth'] == 'hold'  # the peak is held from the first epoch, not only after growth
     if p['grow_when'] and p['grow_when']['metric'] == 'val_acc' and not cfg['dataset']['val_size']:
         raise ValueError("strategy.grow_when.metric: val_acc needs a validation split: set dataset.val_size > 0")
-    phases = [_phase(epochs=grow[0], stage_depths=depths[0], widths=start_widths, lr='hold' if hold else 'continue')]
+    phases = [_phase(epochs=grow[0], stage_depths=depths[0], widths=start_widths,
+                     lr='hold' if hold else 'continue')]
+    widening = {k: p[k] for k, d in WIDEN_OPTIONS.items() if p[k] != d}  # opt-in: on the phase that widens
+    if widening and start_widths == final_widths:
+        raise ValueError(f"strategy.{next(iter(widening))} applies to a widening: set strategy.start_width")
     for g in range(1, n_growths + 1):
         phases.append(_phase(epochs=bounds[g + 1] - bounds[g], stage_depths=depths[g], widths=final_widths,
                              init=p['init'], widen_init=p['widen_init'], position=p['position'],
@@ -145,9 +165,11 @@ def _growth_phases(cfg, p):
                              new_only_epochs=p['new_only_epochs'] if p['trainable'] == 'new_then_all' else 0,
                              train_head=p['train_head'], lr=p['lr_at_growth'],
                              rewarm_epochs=p['rewarm_epochs'] if p['lr_at_growth'] == 'rewarm' else 0.0,
-                             lr_scale=p['lr_scale'], new_lr_scale=p['new_lr_scale'], copy_scale=p['copy_scale']))
+                             lr_scale=p['lr_scale'], new_lr_scale=p['new_lr_scale'], copy_scale=p['copy_scale'],
+                             **(widening if g == 1 else {})))
     return phases, None
 
+# %% ../nbs/06_strategies.ipynb #a831e0b8
 _strategy('incremental', "Start shallow and grow at given epochs with any depth init of the growth registry "
           "(zero-init by default), optionally widening; a freeze policy per phase.",
           'AI-ON open research proposal: layer-wise incremental training of residual networks',
@@ -161,10 +183,10 @@ _strategy('dils', "DILS: insert layers fitted to the current features (dils_anal
           'Wang et al., "DILS: depth incremental learning strategy"',
           {**GROWTH_PARAMS, 'init': 'dils_analytic'})(_growth_phases);
 
-# %% ../nbs/06_strategies.ipynb #7f8e632f
-@_strategy('greedy', "Blocks trained one at a time, each with an auxiliary classifier of k hidden layers; earlier blocks "
-           "frozen in eval mode; the final model keeps only the last head. Also reports every head's accuracy and "
-           "their weighted ensemble (weights ensemble_base**j).",
+# %% ../nbs/06_strategies.ipynb #3604b99a
+@_strategy('greedy', "Blocks trained one at a time, each with an auxiliary classifier of k hidden layers; "
+           "earlier blocks frozen in eval mode; the final model keeps only the last head. Also reports every head's "
+           "accuracy and their weighted ensemble (weights ensemble_base**j).",
            'Belilovsky, Eickenberg & Oyallon, "Greedy Layerwise Learning Can Scale to ImageNet", ICML 2019',
            {'hidden_layers': 1, 'epochs_per_block': None, 'lr_at_growth': 'restart', 'ensemble_base': 2.0})
 def _expand_greedy(cfg, p):
@@ -172,11 +194,12 @@ def _expand_greedy(cfg, p):
     n, epochs = sum(final), cfg['train']['epochs']
     if p['epochs_per_block'] is not None:
         if p['epochs_per_block'] * n != epochs:
-            raise ValueError(f"strategy.epochs_per_block={p['epochs_per_block']} × {n} blocks = {p['epochs_per_block'] * n} "
-                             f"epochs, but train.epochs={epochs}; make them agree")
+            raise ValueError(f"strategy.epochs_per_block={p['epochs_per_block']} × {n} blocks = "
+                             f"{p['epochs_per_block'] * n} epochs, but train.epochs={epochs}; make them agree")
         split = [p['epochs_per_block']] * n
     else:
-        if epochs < n: raise ValueError(f"greedy trains the {n} blocks one at a time and needs train.epochs >= {n}, got {epochs}")
+        if epochs < n:
+            raise ValueError(f"greedy trains the {n} blocks one at a time and needs train.epochs >= {n}, got {epochs}")
         split = [epochs // n + (1 if j >= n - epochs % n else 0) for j in range(n)]
     widths = stage_widths(cfg['model']['width'], len(final))
     phases = [_phase(epochs=e, stage_depths=final, widths=widths, active_blocks=j + 1,
@@ -184,26 +207,29 @@ def _expand_greedy(cfg, p):
                      rewarm_epochs=1.0 if p['lr_at_growth'] == 'rewarm' else 0.0) for j, e in enumerate(split)]
     return phases, {'mode': 'greedy', 'hidden_layers': p['hidden_layers'], 'ensemble_base': p['ensemble_base']}
 
+# %% ../nbs/06_strategies.ipynb #45a58e6e
 @_strategy('dgl', "Decoupled greedy learning: every block updated on every batch from its own auxiliary loss, "
            "with its input detached; the final model keeps only the last head.",
            'Belilovsky, Eickenberg & Oyallon, "Decoupled Greedy Learning of CNNs", ICML 2020',
            {'hidden_layers': 1, 'ensemble_base': 2.0})
 def _expand_dgl(cfg, p):
     final = final_stage_depths(cfg['model'])
-    return ([_phase(epochs=cfg['train']['epochs'], stage_depths=final, widths=stage_widths(cfg['model']['width'], len(final)),
-                    active_blocks=sum(final))],
+    return ([_phase(epochs=cfg['train']['epochs'], stage_depths=final,
+                    widths=stage_widths(cfg['model']['width'], len(final)), active_blocks=sum(final))],
             {'mode': 'dgl', 'hidden_layers': p['hidden_layers'], 'ensemble_base': p['ensemble_base']})
 
+# %% ../nbs/06_strategies.ipynb #2a0400ee
 @_strategy('custom', "Phases written by hand in strategy.phases (and optionally strategy.aux).", '—', {'aux': None})
 def _expand_custom(cfg, p):
     raise ValueError("strategy 'custom' needs strategy.phases: a list of phases, e.g. "
                      "[{epochs: 2, stage_depths: [1, 1, 1]}, {epochs: 3, stage_depths: [2, 2, 2], init: zero}]")
 
-# %% ../nbs/06_strategies.ipynb #85cd03cd
+# %% ../nbs/06_strategies.ipynb #80446ebc
 def _plural(n: int, word: str) -> str: return f"{n} {word}" + ("" if n == 1 else "s")
 
 def _fail(where, what, value): raise ValueError(f"{where} must be {what}, got {value!r}")
 
+# %% ../nbs/06_strategies.ipynb #6dce48d2
 def _num(kind, lo=None, hi=None, lo_open=False, optional=False):
     def check(v, where):
         if v is None and optional: return None
@@ -219,6 +245,7 @@ def _num(kind, lo=None, hi=None, lo_open=False, optional=False):
         return v
     return check
 
+# %% ../nbs/06_strategies.ipynb #39077e1f
 def _bool(v, where):
     if isinstance(v, bool): return v
     _fail(where, 'true or false', v)
@@ -227,13 +254,16 @@ def _choice(*options, optional=False):
     def check(v, where):
         if (v is None and optional) or v in options: return v
         close = difflib.get_close_matches(str(v), [str(o) for o in options], n=1)
-        raise ValueError(f"{where} must be one of {list(options)}, got {v!r}" + (f"; did you mean {close[0]!r}?" if close else ''))
+        raise ValueError(f"{where} must be one of {list(options)}, got {v!r}"
+                         + (f"; did you mean {close[0]!r}?" if close else ''))
     return check
 
+# %% ../nbs/06_strategies.ipynb #81fb8d55
 def _int_list(where_what='positive integers', optional=False, min_value=1):
     def check(v, where):
         if v is None and optional: return None
-        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, int) and not isinstance(x, bool) and x >= min_value for x in v):
+        if (not isinstance(v, (list, tuple)) or not v
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= min_value for x in v)):
             _fail(where, f'a non-empty list of {where_what}', v)
         return [int(x) for x in v]
     return check
@@ -245,6 +275,7 @@ def _fraction_list(v, where):
         _fail(where, 'increasing fractions of training strictly between 0 and 1 (e.g. [0.5, 0.75])', v)
     return v
 
+# %% ../nbs/06_strategies.ipynb #6ca27dac
 def _device(v, where):
     if v in ('auto', 'cpu', 'cuda') or (isinstance(v, str) and v.startswith('cuda:') and v[5:].isdigit()): return v
     _fail(where, "'auto', 'cpu', 'cuda' or 'cuda:N'", v)
@@ -257,10 +288,12 @@ def _optional_dict(v, where):
     if v is None or isinstance(v, dict): return v
     _fail(where, 'a mapping or null', v)
 
+# %% ../nbs/06_strategies.ipynb #70f4c274
 CHECKS = {
     'dataset': {'name': _dataset_name, 'root': lambda v, w: str(v), 'subset': _num(int, 1, optional=True),
                 'test_subset': _num(int, 1, optional=True),
-                'val_size': _num(int, 0), 'batch_size': _num(int, 1), 'eval_batch_size': _num(int, 1), 'augment': _bool},
+                'val_size': _num(int, 0), 'batch_size': _num(int, 1), 'eval_batch_size': _num(int, 1),
+                'augment': _bool},
     'model': {'depth': _num(int, 8), 'stage_depths': _int_list(optional=True), 'width': _num(int, 1),
               'shortcut': _choice('A', 'B')},
     'optim': {'lr': _num(float, 0, lo_open=True), 'momentum': _num(float, 0, 0.999999), 'nesterov': _bool,
@@ -269,23 +302,31 @@ CHECKS = {
               'pct_start': _num(float, 0, 0.999, lo_open=True), 'div_factor': _num(float, 1),
               'final_div_factor': _num(float, 1), 'fused': _choice('auto', True, False)},
     'train': {'epochs': _num(int, 1), 'seed': _num(int, 0), 'device': _device, 'channels_last': _bool,
-              'amp_bf16': _choice('auto', True, False), 'compile': _bool, 'eval_every': _num(int, 1), 'progress': _choice('auto', True, False),
+              'amp_bf16': _choice('auto', True, False), 'compile': _bool, 'eval_every': _num(int, 1),
+              'progress': _choice('auto', True, False),
               'log_every': _num(int, 1), 'checkpoint': _bool, 'save_model': _bool,
               'interrupt_after_epoch': _num(int, 1, optional=True)},
     'compute': {'cache_features': _choice('auto', True, False), 'cache_dtype': _choice('float32', 'bfloat16'),
                 'memory_budget_gb': _num(float, 0, lo_open=True)},
 }
+
+# %% ../nbs/06_strategies.ipynb #41d2f2ef
 PARAM_CHECKS = {
     'start_depths': lambda v, w: _start_depths(v, w), 'start_width': _num(int, 1, optional=True),
     'grow_epochs': _int_list(optional=True), 'grow_by': _num(float, 0, 1, lo_open=True),
-    'blocks_per_growth': _num(int, 1), 'init': lambda v, w: _growth_init(v, w), 'widen_init': lambda v, w: _widen_init(v, w),
+    'blocks_per_growth': _num(int, 1), 'init': lambda v, w: _growth_init(v, w),
+    'widen_init': lambda v, w: _widen_init(v, w),
     'position': _choice(*POSITIONS), 'trainable': _choice(*TRAINABLE), 'new_only_epochs': _num(int, 0),
     'train_head': _bool, 'lr_at_growth': _choice(*LR_AT_GROWTH), 'rewarm_epochs': _num(float, 0),
     'lr_scale': _num(float, 0, lo_open=True), 'new_lr_scale': _num(float, 0, lo_open=True),
-    'copy_scale': _num(float, 0, 1, lo_open=True), 'grow_when': lambda v, w: _grow_when(v, w), 'calibration_batches': _num(int, 1), 'hidden_layers': _num(int, 0, 8), 'epochs_per_block': _num(int, 1, optional=True),
+    'copy_scale': _num(float, 0, 1, lo_open=True), 'grow_when': lambda v, w: _grow_when(v, w),
+    'calibration_batches': _num(int, 1), 'hidden_layers': _num(int, 0, 8),
+    'epochs_per_block': _num(int, 1, optional=True),
     'ensemble_base': _num(float, 1), 'aux': _optional_dict,
+    'widen_variance_transfer': _bool, 'widen_lr_scale': _num(float, 0, lo_open=True),
 }
 
+# %% ../nbs/06_strategies.ipynb #70a7d436
 GROW_WHEN = {'metric': 'train_loss', 'window': 1, 'threshold': None}
 
 def _grow_when(v, where):
@@ -300,6 +341,7 @@ def _grow_when(v, where):
             'window': _num(int, 1)(v['window'], where + '.window'),
             'threshold': _num(float, 0, lo_open=True)(v['threshold'], where + '.threshold')}
 
+# %% ../nbs/06_strategies.ipynb #7811cf52
 def _start_depths(v, where):
     "Blocks per stage of the first network: a list, `final` (the final network's: widening only) or null (ResNet-8)."
     if v is None or v == 'final': return v
@@ -316,12 +358,13 @@ def _widen_init(v, where):
     from incres.growth import WIDEN_INITS
     return _choice(*WIDEN_INITS)(v, where)
 
-# %% ../nbs/06_strategies.ipynb #db0260a3
+# %% ../nbs/06_strategies.ipynb #4b1f30a3
 def _unknown(key, valid, where):
     close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
     hint = f"; did you mean {where}{close[0]}?" if close else ''
     raise ValueError(f"unknown key {where}{key}{hint} (valid: {', '.join(sorted(valid))})")
 
+# %% ../nbs/06_strategies.ipynb #66d27ed1
 def merge(base: dict, update: dict) -> dict:
     "Recursive dict merge: values of `update` win, nested mappings are merged."
     out = copy.deepcopy(base)
@@ -329,7 +372,7 @@ def merge(base: dict, update: dict) -> dict:
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
-# %% ../nbs/06_strategies.ipynb #a3b5b27f
+# %% ../nbs/06_strategies.ipynb #6a61894e
 DEFAULT_ARCH = 'incres.resnet'
 TORCHVISION_WIDTH = 64  # planes of layer1 in torchvision's ResNets
 
@@ -344,32 +387,36 @@ def _four_stages(v, where):
 
 TORCHVISION_MODEL_CHECKS = {'arch': _arch, 'stage_depths': _four_stages, 'width': _num(int, 1), 'cifar_stem': _bool}
 
+# %% ../nbs/06_strategies.ipynb #65500371
 def torchvision_arch(model: dict):
     "The `incres.tvresnet.TorchvisionArch` a resolved `model` section names; None for incres's ResNet (no `arch`)."
     if model.get('arch') is None: return None
     from incres.tvresnet import TORCHVISION_ARCHS
     return TORCHVISION_ARCHS[model['arch'].removeprefix('torchvision.')]
 
-# %% ../nbs/06_strategies.ipynb #8841bd05
+# %% ../nbs/06_strategies.ipynb #f93043f0
 def _model_section(model: dict, given: dict) -> tuple[dict, dict]:
     "The `model` section for its architecture, and its checks; `given` is what the user wrote."
     arch = _arch(model.get('arch', DEFAULT_ARCH), 'model.arch')
     if arch == DEFAULT_ARCH:  # implicit: resolved configs of incres's ResNet keep their form
         if 'cifar_stem' in model:
-            raise ValueError("model.cifar_stem applies to torchvision architectures (model.arch: torchvision.resnet18, "
-                             "...); incres.resnet always has the CIFAR stem")
+            raise ValueError("model.cifar_stem applies to torchvision architectures "
+                             "(model.arch: torchvision.resnet18, ...); incres.resnet always has the CIFAR stem")
         return {k: v for k, v in model.items() if k != 'arch'}, CHECKS['model']
     for k in model:
         if k in given and k in ('depth', 'shortcut'):
-            raise ValueError(f"model.{k} applies to incres.resnet only; {arch} takes model.stage_depths (blocks in "
-                             "layer1..layer4), model.width (planes of layer1, torchvision: 64) and model.cifar_stem")
+            raise ValueError(f"model.{k} applies to incres.resnet only; {arch} takes model.stage_depths (blocks "
+                             "in layer1..layer4), model.width (planes of layer1, torchvision: 64) "
+                             "and model.cifar_stem")
         if k not in TORCHVISION_MODEL_CHECKS and k not in DEFAULTS['model']:
             _unknown(k, TORCHVISION_MODEL_CHECKS, 'model.')
     depths = model.get('stage_depths')
-    return ({'arch': arch, 'stage_depths': list(torchvision_arch({'arch': arch}).layers) if depths is None else depths,
+    return ({'arch': arch,
+             'stage_depths': list(torchvision_arch({'arch': arch}).layers) if depths is None else depths,
              'width': model['width'] if 'width' in given else TORCHVISION_WIDTH,
              'cifar_stem': model.get('cifar_stem', False)}, TORCHVISION_MODEL_CHECKS)
 
+# %% ../nbs/06_strategies.ipynb #12ef3858
 def _check_torchvision(cfg: dict) -> None:
     "Refuse before training what a torchvision architecture cannot do yet: auxiliary heads, widening, other inits."
     arch = cfg['model'].get('arch')
@@ -377,92 +424,127 @@ def _check_torchvision(cfg: dict) -> None:
     from incres.tvresnet import TORCHVISION_GROWTH_INITS
     strategy, phases = cfg['strategy'], cfg['strategy']['phases']
     if strategy['aux'] is not None:
-        raise ValueError(f"strategy {strategy['name']!r} trains auxiliary heads, which {arch} does not support yet; "
-                         "use model.arch: incres.resnet")
+        raise ValueError(f"strategy {strategy['name']!r} trains auxiliary heads, which {arch} does not support "
+                         "yet; use model.arch: incres.resnet")
     for i, (prev, ph) in enumerate(zip(phases, phases[1:]), 1):
         if ph['widths'] != prev['widths']:
-            raise ValueError(f"strategy.phases[{i}] widens the network, which {arch} does not support yet (widen is "
-                             "for incres.resnet): leave strategy.start_width unset")
+            raise ValueError(f"strategy.phases[{i}] widens the network, which {arch} does not support yet "
+                             "(widen is for incres.resnet): leave strategy.start_width unset")
         if ph['stage_depths'] != prev['stage_depths'] and ph['init'] not in TORCHVISION_GROWTH_INITS:
-            raise ValueError(f"strategy.phases[{i}].init must be one of {list(TORCHVISION_GROWTH_INITS)} for {arch} "
-                             f"(its blocks are torchvision's), got {ph['init']!r}; set strategy.init")
+            raise ValueError(f"strategy.phases[{i}].init must be one of {list(TORCHVISION_GROWTH_INITS)} for "
+                             f"{arch} (its blocks are torchvision's), got {ph['init']!r}; set strategy.init")
 
-# %% ../nbs/06_strategies.ipynb #c1812436
+# %% ../nbs/06_strategies.ipynb #13aa4179
+def _phase_fields(ph: dict, prev: dict | None, final: list, final_widths: list, where: str) -> dict:
+    "Phase `ph` with its defaults (the previous phase's architecture) filled in and every field checked."
+    for k in ph:
+        if k not in PHASE_DEFAULTS and k not in WIDEN_OPTIONS: _unknown(k, {**PHASE_DEFAULTS, **WIDEN_OPTIONS}, where)
+    ph = {**PHASE_DEFAULTS, **ph}
+    ph['epochs'] = _num(int, 1)(ph['epochs'], where + 'epochs')
+    if ph['stage_depths'] is None: ph['stage_depths'] = prev['stage_depths'] if prev else final
+    if ph['widths'] is None: ph['widths'] = prev['widths'] if prev else final_widths
+    ph['stage_depths'] = _int_list()(ph['stage_depths'], where + 'stage_depths')
+    if prev and len(ph['stage_depths']) != len(prev['stage_depths']):
+        n, n_prev = len(ph['stage_depths']), len(prev['stage_depths'])
+        raise ValueError(f"{where}stage_depths={ph['stage_depths']} has {n} stages but the network has {n_prev} "
+                         f"(stages 0..{n_prev - 1}): a phase can only grow stages that exist")
+    ph['widths'] = _int_list()(ph['widths'], where + 'widths')
+    if len(ph['widths']) != len(ph['stage_depths']):
+        raise ValueError(f"{where}widths has {len(ph['widths'])} entries for {len(ph['stage_depths'])} stages")
+    ph['init'] = _growth_init(ph['init'], where + 'init')
+    ph['widen_init'] = _widen_init(ph['widen_init'], where + 'widen_init')
+    for key in ('position', 'trainable', 'lr'):
+        ph[key] = {'position': _choice(*POSITIONS), 'trainable': _choice(*TRAINABLE),
+                   'lr': _choice(*LR_AT_GROWTH)}[key](ph[key], where + key)
+    ph['new_only_epochs'] = _num(int, 0)(ph['new_only_epochs'], where + 'new_only_epochs')
+    ph['rewarm_epochs'] = _num(float, 0)(ph['rewarm_epochs'], where + 'rewarm_epochs')
+    ph['train_head'] = _bool(ph['train_head'], where + 'train_head')
+    for key in ('lr_scale', 'new_lr_scale'): ph[key] = _num(float, 0, lo_open=True)(ph[key], where + key)
+    ph['copy_scale'] = _num(float, 0, 1, lo_open=True)(ph['copy_scale'], where + 'copy_scale')
+    ph['active_blocks'] = _num(int, 1, optional=True)(ph['active_blocks'], where + 'active_blocks')
+    for key, default in WIDEN_OPTIONS.items():  # opt-in: kept only where set
+        if key not in ph: continue
+        ph[key] = PARAM_CHECKS[key](ph[key], where + key)
+        if ph[key] == default: del ph[key]
+        elif prev is None or ph['widths'] == prev['widths']:
+            raise ValueError(f"{where}{key} applies to a phase that widens the network (its widths grow)")
+    from incres.growth import VARIANCE_TRANSFER_INITS
+    if ph.get('widen_variance_transfer') and ph['widen_init'] not in VARIANCE_TRANSFER_INITS:
+        raise ValueError(f"{where}widen_variance_transfer needs widen_init in {list(VARIANCE_TRANSFER_INITS)} "
+                         f"(inits that draw new weights), got {ph['widen_init']!r}")
+    return ph
+
+# %% ../nbs/06_strategies.ipynb #ae0100e2
+def _check_phase_step(ph: dict, prev: dict | None, aux, i: int, where: str) -> None:
+    "Refuse a phase that shrinks the network after `prev`, or whose freeze policy or re-warming cannot apply."
+    grows = False
+    if prev:
+        for s, (a, b) in enumerate(zip(prev['stage_depths'], ph['stage_depths'])):
+            if b < a: raise ValueError(f"phases out of order: {where}stage_depths shrinks stage {s} from {a} to {b} "
+                                       "blocks (each phase must keep or grow every stage)")
+        for s, (a, b) in enumerate(zip(prev['widths'], ph['widths'])):
+            if b < a: raise ValueError(f"{where}widths shrinks stage {s} from {a} to {b} channels "
+                                       "(widths can only grow)")
+        grows = ph['stage_depths'] != prev['stage_depths'] or ph['widths'] != prev['widths']
+        if aux and (prev['active_blocks'] or 0) < (ph['active_blocks'] or 0): grows = True
+    if ph['trainable'] != 'all' and i > 0 and not grows:
+        raise ValueError(f"{where}trainable={ph['trainable']!r} but phase {i} adds no blocks: "
+                         "there is nothing new to train")
+    if ph['trainable'] == 'new_then_all' and not 1 <= ph['new_only_epochs'] < ph['epochs']:
+        raise ValueError(f"{where}new_only_epochs must be between 1 and the phase's epochs - 1 ({ph['epochs'] - 1}) "
+                         f"for trainable=new_then_all, got {ph['new_only_epochs']}")
+    if ph['lr'] == 'rewarm' and not 0 < ph['rewarm_epochs'] <= ph['epochs']:
+        raise ValueError(f"{where}rewarm_epochs must be in (0, {ph['epochs']}] (the phase's length) for lr=rewarm, "
+                         f"got {ph['rewarm_epochs']}")
+
+# %% ../nbs/06_strategies.ipynb #7cdec98e
+def _check_aux_phase(ph: dict, prev: dict | None, aux, final: list, final_widths: list, where: str) -> None:
+    "`active_blocks` of a phase: between 1 and all blocks, never fewer than before, only with auxiliary heads."
+    if aux:
+        n_blocks = sum(ph['stage_depths'])
+        if ph['stage_depths'] != final or ph['widths'] != final_widths:
+            raise ValueError(f"{where}: strategies with auxiliary heads train the final architecture {final} "
+                             "throughout; use active_blocks to bring blocks into play")
+        if ph['active_blocks'] is None or ph['active_blocks'] > n_blocks:
+            raise ValueError(f"{where}active_blocks must be between 1 and {n_blocks} with auxiliary heads, "
+                             f"got {ph['active_blocks']}")
+        if prev and ph['active_blocks'] < prev['active_blocks']:
+            raise ValueError(f"phases out of order: {where}active_blocks={ph['active_blocks']} is fewer than the "
+                             f"previous phase's {prev['active_blocks']}")
+    elif ph['active_blocks'] is not None:
+        raise ValueError(f"{where}active_blocks only applies to strategies with auxiliary heads (strategy.aux)")
+
+# %% ../nbs/06_strategies.ipynb #e1faf623
 def _check_phases(phases, aux, cfg) -> list:
-    if not isinstance(phases, list) or not phases: raise ValueError("strategy.phases must be a non-empty list of phases")
+    if not isinstance(phases, list) or not phases:
+        raise ValueError("strategy.phases must be a non-empty list of phases")
     final = final_stage_depths(cfg['model'])
     final_widths = stage_widths(cfg['model']['width'], len(final))
     out, total = [], 0
     for i, ph in enumerate(phases):
         where = f'strategy.phases[{i}].'
         if not isinstance(ph, dict): raise ValueError(f"strategy.phases[{i}] must be a mapping, got {ph!r}")
-        for k in ph:
-            if k not in PHASE_DEFAULTS: _unknown(k, PHASE_DEFAULTS, where)
-        ph = {**PHASE_DEFAULTS, **ph}
-        ph['epochs'] = _num(int, 1)(ph['epochs'], where + 'epochs')
         prev = out[-1] if out else None
-        if ph['stage_depths'] is None: ph['stage_depths'] = prev['stage_depths'] if prev else final
-        if ph['widths'] is None: ph['widths'] = prev['widths'] if prev else final_widths
-        ph['stage_depths'] = _int_list()(ph['stage_depths'], where + 'stage_depths')
-        if prev and len(ph['stage_depths']) != len(prev['stage_depths']):
-            n, n_prev = len(ph['stage_depths']), len(prev['stage_depths'])
-            raise ValueError(f"{where}stage_depths={ph['stage_depths']} has {n} stages but the network has {n_prev} "
-                             f"(stages 0..{n_prev - 1}): a phase can only grow stages that exist")
-        ph['widths'] = _int_list()(ph['widths'], where + 'widths')
-        if len(ph['widths']) != len(ph['stage_depths']):
-            raise ValueError(f"{where}widths has {len(ph['widths'])} entries for {len(ph['stage_depths'])} stages")
-        ph['init'] = _growth_init(ph['init'], where + 'init')
-        ph['widen_init'] = _widen_init(ph['widen_init'], where + 'widen_init')
-        for key in ('position', 'trainable', 'lr'):
-            ph[key] = {'position': _choice(*POSITIONS), 'trainable': _choice(*TRAINABLE), 'lr': _choice(*LR_AT_GROWTH)}[key](ph[key], where + key)
-        ph['new_only_epochs'] = _num(int, 0)(ph['new_only_epochs'], where + 'new_only_epochs')
-        ph['rewarm_epochs'] = _num(float, 0)(ph['rewarm_epochs'], where + 'rewarm_epochs')
-        ph['train_head'] = _bool(ph['train_head'], where + 'train_head')
-        for key in ('lr_scale', 'new_lr_scale'): ph[key] = _num(float, 0, lo_open=True)(ph[key], where + key)
-        ph['copy_scale'] = _num(float, 0, 1, lo_open=True)(ph['copy_scale'], where + 'copy_scale')
-        ph['active_blocks'] = _num(int, 1, optional=True)(ph['active_blocks'], where + 'active_blocks')
-        grows = False
-        if prev:
-            for s, (a, b) in enumerate(zip(prev['stage_depths'], ph['stage_depths'])):
-                if b < a: raise ValueError(f"phases out of order: {where}stage_depths shrinks stage {s} from {a} to {b} blocks "
-                                           "(each phase must keep or grow every stage)")
-            for s, (a, b) in enumerate(zip(prev['widths'], ph['widths'])):
-                if b < a: raise ValueError(f"{where}widths shrinks stage {s} from {a} to {b} channels (widths can only grow)")
-            grows = ph['stage_depths'] != prev['stage_depths'] or ph['widths'] != prev['widths']
-            if aux and (prev['active_blocks'] or 0) < (ph['active_blocks'] or 0): grows = True
-        if ph['trainable'] != 'all' and i > 0 and not grows:
-            raise ValueError(f"{where}trainable={ph['trainable']!r} but phase {i} adds no blocks: there is nothing new to train")
-        if ph['trainable'] == 'new_then_all' and not 1 <= ph['new_only_epochs'] < ph['epochs']:
-            raise ValueError(f"{where}new_only_epochs must be between 1 and the phase's epochs - 1 ({ph['epochs'] - 1}) "
-                             f"for trainable=new_then_all, got {ph['new_only_epochs']}")
-        if ph['lr'] == 'rewarm' and not 0 < ph['rewarm_epochs'] <= ph['epochs']:
-            raise ValueError(f"{where}rewarm_epochs must be in (0, {ph['epochs']}] (the phase's length) for lr=rewarm, "
-                             f"got {ph['rewarm_epochs']}")
-        if aux:
-            n_blocks = sum(ph['stage_depths'])
-            if ph['stage_depths'] != final or ph['widths'] != final_widths:
-                raise ValueError(f"{where}: strategies with auxiliary heads train the final architecture {final} throughout; "
-                                 "use active_blocks to bring blocks into play")
-            if ph['active_blocks'] is None or ph['active_blocks'] > n_blocks:
-                raise ValueError(f"{where}active_blocks must be between 1 and {n_blocks} with auxiliary heads, got {ph['active_blocks']}")
-            if prev and ph['active_blocks'] < prev['active_blocks']:
-                raise ValueError(f"phases out of order: {where}active_blocks={ph['active_blocks']} is fewer than the "
-                                 f"previous phase's {prev['active_blocks']}")
-        elif ph['active_blocks'] is not None:
-            raise ValueError(f"{where}active_blocks only applies to strategies with auxiliary heads (strategy.aux)")
+        ph = _phase_fields(ph, prev, final, final_widths, where)
+        _check_phase_step(ph, prev, aux, i, where)
+        _check_aux_phase(ph, prev, aux, final, final_widths, where)
         total += ph['epochs']
         out.append(ph)
     _check_hold(out, total)
     last = out[-1]
     if last['stage_depths'] != final or last['widths'] != final_widths:
-        raise ValueError(f"the last phase trains stage_depths={last['stage_depths']}, widths={last['widths']} but the model "
-                         f"section asks for {final}, {final_widths}: set model.stage_depths / model.width to match")
+        raise ValueError(f"the last phase trains stage_depths={last['stage_depths']}, widths={last['widths']} but the "
+                         f"model section asks for {final}, {final_widths}: set model.stage_depths / model.width "
+                         "to match")
     if aux and last['active_blocks'] != sum(final):
-        raise ValueError(f"the last phase must use all {sum(final)} blocks (active_blocks), got {last['active_blocks']}")
+        raise ValueError(f"the last phase must use all {sum(final)} blocks (active_blocks), "
+                         f"got {last['active_blocks']}")
     if total != cfg['train']['epochs']:
-        raise ValueError(f"the phases add up to {total} epochs but train.epochs is {cfg['train']['epochs']}; make them agree")
+        raise ValueError(f"the phases add up to {total} epochs but train.epochs is {cfg['train']['epochs']}; "
+                         "make them agree")
     return out
 
+# %% ../nbs/06_strategies.ipynb #2fe5d5f3
 def _check_hold(phases, total) -> None:
     "lr=hold is a plan for the whole run: the peak through every growth phase, then a decay on the final network."
     holds = [ph['lr'] == 'hold' for ph in phases]
@@ -475,6 +557,7 @@ def _check_hold(phases, total) -> None:
         raise ValueError(f"lr=hold decays on the final network, which needs at least {need} of the {total} epochs "
                          f"({HOLD_FINAL_FRACTION:.0%}), got {phases[-1]['epochs']}: grow earlier")
 
+# %% ../nbs/06_strategies.ipynb #12b83456
 def _check_aux(aux):
     if aux is None: return None
     if not isinstance(aux, dict): raise ValueError(f"strategy.aux must be a mapping or null, got {aux!r}")
@@ -486,9 +569,10 @@ def _check_aux(aux):
             'hidden_layers': _num(int, 0, 8)(aux['hidden_layers'], 'strategy.aux.hidden_layers'),
             'ensemble_base': _num(float, 1)(aux['ensemble_base'], 'strategy.aux.ensemble_base')}
 
-# %% ../nbs/06_strategies.ipynb #1d0e632e
+# %% ../nbs/06_strategies.ipynb #fee2be14
 def _yaml_problem(e: yaml.YAMLError, text: str, lines: bool = True) -> str:
-    "What yaml found wrong in `text`, and where (1-based line and column; the column only if not `lines`), in one line."
+    ("What yaml found wrong in `text`, and where (1-based line and column; the column only if not `lines`), "
+     "in one line.")
     at = lambda m: f'line {m.line + 1}, column {m.column + 1}' if lines else f'column {m.column + 1}'
     mark, context_mark = getattr(e, 'problem_mark', None), getattr(e, 'context_mark', None)
     if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
@@ -500,6 +584,7 @@ def _yaml_problem(e: yaml.YAMLError, text: str, lines: bool = True) -> str:
     elif e.context: out += f" ({e.context})"
     return out
 
+# %% ../nbs/06_strategies.ipynb #0e0e72f6
 def parse_override(text: str) -> tuple[list, object]:
     "`'optim.lr=0.05'` → `(['optim', 'lr'], 0.05)`; the value is read as YAML (`[1,1,1]`, `true`, `null`, …)."
     if '=' not in text: raise ValueError(f"an override must look like section.key=value, got {text!r}")
@@ -512,6 +597,7 @@ def parse_override(text: str) -> tuple[list, object]:
         raise ValueError(f"--set {text}: the value is not valid YAML: {problem}; "
                          "fix it, or quote it (values are read as YAML: 0.1, [1, 2], true, null, 'text')") from None
 
+# %% ../nbs/06_strategies.ipynb #acb39e54
 def apply_overrides(config: dict, overrides=()) -> dict:
     "Copy of `config` with each `section.key=value` override set."
     config = copy.deepcopy(config)
@@ -519,11 +605,13 @@ def apply_overrides(config: dict, overrides=()) -> dict:
         path, value = parse_override(text)
         node = config
         for k in path[:-1]:
-            if not isinstance(node.setdefault(k, {}), dict): raise ValueError(f"override {text!r}: {k} is not a section")
+            if not isinstance(node.setdefault(k, {}), dict):
+                raise ValueError(f"override {text!r}: {k} is not a section")
             node = node[k]
         node[path[-1]] = value
     return config
 
+# %% ../nbs/06_strategies.ipynb #125555cb
 def _read_config(path: Path) -> dict:
     "The mapping in YAML file `path` ({} if it is empty); a one-line ValueError naming the file and the fix if not."
     if path.is_dir(): raise ValueError(f"config {path} is a folder, not a file: pass the YAML file to use")
@@ -534,26 +622,28 @@ def _read_config(path: Path) -> dict:
                          "fix its permissions or pass another file") from None
     try: text = raw.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise ValueError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                         "save it as UTF-8") from None
+        raise ValueError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                         f"{e.start}); save it as UTF-8") from None
     try: config = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(e, text)}; fix it there") from None
     if config is None: return {}  # empty, or only comments: all defaults
     if not isinstance(config, dict):
-        raise ValueError(f"config file {path} holds a {type(config).__name__}, not a mapping of sections: write it as "
-                         f"section: {{key: value}} with sections {', '.join(DEFAULTS)}")
+        raise ValueError(f"config file {path} holds a {type(config).__name__}, not a mapping of sections: "
+                         f"write it as section: {{key: value}} with sections {', '.join(DEFAULTS)}")
     return config
 
 def load_config(config, overrides=()) -> dict:
     "A config dict from a dict or a YAML file, with overrides applied (not yet resolved)."
     if isinstance(config, (str, Path)): config = _read_config(Path(config))
-    if not isinstance(config, dict): raise ValueError(f"a config must be a mapping of sections, got {type(config).__name__}")
+    if not isinstance(config, dict):
+        raise ValueError(f"a config must be a mapping of sections, got {type(config).__name__}")
     return apply_overrides(config, overrides)
 
-# %% ../nbs/06_strategies.ipynb #1e8f02e0
+# %% ../nbs/06_strategies.ipynb #f2ec9b3f
 def resolve_config(config, overrides=()) -> dict:
-    "The complete, validated configuration: defaults, recipe, user values and overrides, strategy expanded into phases."
+    ("The complete, validated configuration: defaults, recipe, user values and overrides, "
+     "strategy expanded into phases.")
     user = load_config(config, overrides)
     recipe = user.get('recipe')
     for k in user:
@@ -569,7 +659,8 @@ def resolve_config(config, overrides=()) -> dict:
         for k, check in checks.items(): cfg[section][k] = check(cfg[section][k], f'{section}.{k}')
     final_stage_depths(cfg['model'])
     if cfg['optim']['nesterov'] and cfg['optim']['momentum'] == 0:
-        raise ValueError("optim.nesterov needs optim.momentum > 0 (Nesterov momentum with zero momentum is undefined in torch.optim.SGD)")
+        raise ValueError("optim.nesterov needs optim.momentum > 0 "
+                         "(Nesterov momentum with zero momentum is undefined in torch.optim.SGD)")
     strat = cfg['strategy']
     name = strat.get('name')
     if name not in STRATEGIES: _choice(*STRATEGIES)(name, 'strategy.name')
@@ -584,17 +675,20 @@ def resolve_config(config, overrides=()) -> dict:
     else:
         phases, aux = spec.expand(cfg, params)
         given_phases, given_aux = strat.get('phases'), strat.get('aux', aux)
-        if given_phases is not None and (_check_phases(given_phases, aux, cfg) != _check_phases(phases, aux, cfg) or given_aux != aux):
+        if given_phases is not None and (_check_phases(given_phases, aux, cfg) != _check_phases(phases, aux, cfg)
+                                         or given_aux != aux):
             raise ValueError(f"strategy.phases / strategy.aux disagree with what preset {name!r} generates from its "
                              "parameters; to write phases by hand use strategy.name: custom")
-    cfg['strategy'] = {'name': name, **{k: v for k, v in params.items() if k != 'aux'},
+    cfg['strategy'] = {'name': name, **{k: v for k, v in params.items()
+                                        if k != 'aux' and not (k in WIDEN_OPTIONS and v == WIDEN_OPTIONS[k])},
                        'aux': aux, 'phases': _check_phases(phases, aux, cfg)}
     _check_torchvision(cfg)
     return cfg
 
-# %% ../nbs/06_strategies.ipynb #2b322c19
+# %% ../nbs/06_strategies.ipynb #d8732f5b
 def _new_layout(old: list, n_new: int, stage: int, position: str, phase: int, front: int | None = None) -> list:
-    "Births of a stage's blocks after inserting `n_new` blocks born in `phase` at `position` (`front`: at `front`)."
+    ("Births of a stage's blocks after inserting `n_new` blocks born in `phase` at `position` "
+     "(`front`: at `front`).")
     if position == 'end': return old + [phase] * n_new
     if position == 'front':
         k = (0 if stage == 0 else 1) if front is None else front
@@ -605,6 +699,7 @@ def _new_layout(old: list, n_new: int, stage: int, position: str, phase: int, fr
         out.append(b); out += [phase] * after.count(j)
     return out
 
+# %% ../nbs/06_strategies.ipynb #9545e96e
 @dataclass(frozen=True)
 class PhasePlan:
     "One phase of a run, made concrete."
@@ -635,7 +730,8 @@ class PhasePlan:
     def new_only(self, epoch: int) -> bool:
         "Whether only new blocks train at global `epoch` (inside this phase)."
         t = self.settings['trainable']
-        return self.index > 0 and (t == 'new' or (t == 'new_then_all' and epoch - self.start_epoch < self.settings['new_only_epochs']))
+        return self.index > 0 and (t == 'new' or (t == 'new_then_all'
+                                                  and epoch - self.start_epoch < self.settings['new_only_epochs']))
 
     def trainable_units(self, epoch: int) -> list:
         "The units that train at global `epoch`."
@@ -655,6 +751,7 @@ class PhasePlan:
         for _ in range(self.stem_halvings + stage): h = (h + 1) // 2  # stride 2, padding k // 2 (also 7×7, max-pool)
         return (self.widths[stage] * (1 if unit == 'stem' else self.expansion), h, h)
 
+# %% ../nbs/06_strategies.ipynb #8aa6fb4a
 def _front_index(arch, stage: int) -> int:
     "Where `front` inserts: after block 0 if it changes the shape (later stages; stage 0 of a Bottleneck network)."
     return 1 if stage > 0 or (arch is not None and arch.expansion > 1) else 0
@@ -710,9 +807,10 @@ def schedule_factor(optim: dict, step: int, total_steps: int, steps_per_epoch: i
     if warmup: factor *= min(1.0, (step + 1) / (warmup * steps_per_epoch))
     return factor
 
-# %% ../nbs/06_strategies.ipynb #db2782d6
+# %% ../nbs/06_strategies.ipynb #987dfa11
 def learning_rate(config: dict, plans: list, step: int, steps_per_epoch: int) -> float:
-    "The base learning rate at global optimisation `step` (the same for every parameter group before `new_lr_scale`)."
+    ("The base learning rate at global optimisation `step` "
+     "(the same for every parameter group before `new_lr_scale`).")
     optim = config['optim']
     epoch = step // steps_per_epoch
     plan = next((p for p in plans if p.start_epoch <= epoch < p.end_epoch), plans[-1])

@@ -27,7 +27,8 @@ _all_ = ['insertion_points']
 # %% ../nbs/02_theory.ipynb #a0e51765
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: int, index: int,
                    mode: str = 'train') -> dict[str, float]:
-    "‖∂L/∂p‖ for every parameter p of block `index` of `stage`, L the cross-entropy on (x, y) in `mode`; on a copy of `model`."
+    ("‖∂L/∂p‖ for every parameter p of block `index` of `stage`, L the cross-entropy on (x, y) in `mode`; "
+     "on a copy of `model`.")
     _check_mode(mode)
     blocks = [(s, i) for s, st in enumerate(model.stages) for i in range(len(st))]
     if (stage, index) not in blocks:

@@ -20,7 +20,7 @@ __all__ = ['BLOCKS', 'TORCHVISION_ARCHS', 'TORCHVISION_GROWTH_INITS', 'Torchvisi
            'torchvision_resnet', 'is_torchvision_resnet', 'TorchvisionAdapter', 'as_torchvision', 'torchvision_spec',
            'torchvision_from_spec', 'torchvision_insertion_points', 'grow_torchvision_depth']
 
-# %% ../nbs/01b_tvresnet.ipynb #8208d8a8
+# %% ../nbs/01b_tvresnet.ipynb #c3f9c1a3
 @dataclass(frozen=True)
 class TorchvisionArch:
     "A member of torchvision's ResNet family: block type, blocks in layer1..layer4, the Bottleneck's groups and width."
@@ -34,6 +34,7 @@ class TorchvisionArch:
         "Output channels of a block per plane (torchvision's `block.expansion`)."
         return 4 if self.block == 'Bottleneck' else 1
 
+# %% ../nbs/01b_tvresnet.ipynb #f2670e57
 BLOCKS = ('BasicBlock', 'Bottleneck')
 _LAYERS_50, _LAYERS_101 = (3, 4, 6, 3), (3, 4, 23, 3)
 TORCHVISION_ARCHS = {
@@ -102,7 +103,7 @@ def _last_bn(block: nn.Module) -> nn.Module:
 
 def _n_layers(block: nn.Module) -> int: return 3 if hasattr(block, 'conv3') else 2
 
-# %% ../nbs/01b_tvresnet.ipynb #6701d31a
+# %% ../nbs/01b_tvresnet.ipynb #a8e97be8
 class TorchvisionAdapter(nn.Module):
     "A torchvision ResNet (`.model`) seen as an incres ResNet: `stem`, `stages`, `pool`, `fc`, `blocks()`, `head()`."
     def __init__(self, model: nn.Module):
@@ -145,12 +146,13 @@ class TorchvisionAdapter(nn.Module):
         for stage in self.stages: x = stage(x)
         return self.head(x)
 
+# %% ../nbs/01b_tvresnet.ipynb #711f5a59
 def as_torchvision(model) -> nn.Module | None:
     "The torchvision ResNet `model` is, or that it adapts (`TorchvisionAdapter`); None for any other model."
     if isinstance(model, TorchvisionAdapter): return model.model
     return model if is_torchvision_resnet(model) else None
 
-# %% ../nbs/01b_tvresnet.ipynb #69e8dd4b
+# %% ../nbs/01b_tvresnet.ipynb #7a44d1a4
 def _has_cifar_stem(model: nn.Module) -> bool:
     conv, pool = model.conv1, model.maxpool
     shape = (conv.kernel_size, conv.stride, conv.padding)
@@ -159,6 +161,7 @@ def _has_cifar_stem(model: nn.Module) -> bool:
     raise ValueError("the stem must be torchvision's (7×7 stride-2 convolution, then max-pool) or the CIFAR stem "
                      f"(3×3 stride-1 convolution, no max-pool), got {conv} and {pool}")
 
+# %% ../nbs/01b_tvresnet.ipynb #21d9e1d6
 def torchvision_spec(model: nn.Module) -> dict:
     "What rebuilds the torchvision ResNet `model` (or the one a `TorchvisionAdapter` wraps), not its weights."
     tv = as_torchvision(model)
@@ -175,7 +178,7 @@ def torchvision_from_spec(spec: dict) -> nn.Module:
     return torchvision_resnet(arch, arch.layers, spec['width'], spec['num_classes'], spec['in_channels'],
                               spec['cifar_stem'])
 
-# %% ../nbs/01b_tvresnet.ipynb #65eb63d1
+# %% ../nbs/01b_tvresnet.ipynb #7e3f1bec
 TORCHVISION_GROWTH_INITS = {name: GROWTH_INITS[name] for name in ('zero', 'random')}
 
 def _fits_before(block: nn.Module) -> bool:
@@ -187,6 +190,7 @@ def torchvision_insertion_points(model: nn.Module) -> list[tuple[int, int]]:
     return [(s, i) for s, blocks in enumerate(torchvision_stages(model))
             for i in range(0 if _fits_before(blocks[0]) else 1, len(blocks) + 1)]
 
+# %% ../nbs/01b_tvresnet.ipynb #1d92dfad
 def _new_block(model: nn.Module, stage: int, index: int, init: str, generator, like: torch.Tensor) -> nn.Module:
     "A shape-preserving block of `stage`'s own type for position `index`, built like a stage's later blocks, `init`."
     blocks = torchvision_stages(model)[stage]
@@ -198,6 +202,7 @@ def _new_block(model: nn.Module, stage: int, index: int, init: str, generator, l
     if init == 'zero': nn.init.zeros_(_last_bn(block).weight); nn.init.zeros_(_last_bn(block).bias)
     return block
 
+# %% ../nbs/01b_tvresnet.ipynb #665d29be
 def grow_torchvision_depth(model: nn.Module, stage: int, index: int | None = None, init: str = 'zero',
                            data: torch.Tensor | None = None, generator=None) -> nn.Module:
     """`incres.growth.grow_depth` for a torchvision ResNet (or a `TorchvisionAdapter`): a copy of the same class with

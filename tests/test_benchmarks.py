@@ -61,7 +61,7 @@ SMOKE_FRONTIER = {'frontier': {
     'common': {'dataset': {'name': 'synthetic', 'batch_size': 64, 'val_size': 64, 'eval_batch_size': 256},
                'model': {'depth': 14, 'width': 4}, 'optim': {'lr': 0.1, 'schedule': 'linear', 'warmup_epochs': 0.5},
                'train': {'amp_bf16': 'auto', 'progress': False, 'save_model': False}},
-    'measure_top': 1,
+    'measure_top': 1, 'preregistered': ['copy-auto'],
     'recipes': {'zero-hold': {'strategy': {'name': 'incremental', 'grow_epochs': [1], 'lr_at_growth': 'hold'}},
                 'copy-auto': {'strategy': {'name': 'incremental', 'init': 'copy', 'grow_epochs': [1],
                                            'lr_at_growth': 'hold', 'grow_when': {'threshold': 0.1}}},
@@ -73,7 +73,8 @@ def run_frontier(tmp_path, params: dict, *args):
     (tmp_path / 'params.yaml').write_text(yaml.safe_dump(params))
     return subprocess.run([sys.executable, str(FRONTIER), '--params', str(tmp_path / 'params.yaml'), '--threads', '1',
                            '--summary-dir', str(tmp_path / 'summaries'), '--work-dir', str(tmp_path / 'work'),
-                           '--results-dir', str(tmp_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           '--results-dir', str(tmp_path), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def test_frontier_smoke(tmp_path):
@@ -98,10 +99,13 @@ def test_frontier_smoke(tmp_path):
     # the frontier is the upper envelope: FLOPs and accuracy both increase along it
     front = result['frontier']
     assert all(a['train_flops'] < b['train_flops'] and a['test_acc'] < b['test_acc'] for a, b in zip(front, front[1:]))
-    # the best recipe on validation on every seed, the others on the first; a deeper final network for copy-to20
+    # the preregistered and the best recipe on validation on every seed, the others on the first, each run once; a
+    # deeper final network for copy-to20
     top = result['recipe_selection']['measured_on_every_seed']
     growth = {(r['recipe'], r['seed']): r for r in result['growth']}
-    assert len(top) == 1 and {(top[0], 0), (top[0], 1)} <= set(growth) and len(growth) == 4
+    every_seed = {top[0], 'copy-auto'}
+    expected = {(r, s) for r in every_seed for s in (0, 1)} | {(r, 0) for r in SMOKE_FRONTIER['frontier']['recipes']}
+    assert len(top) == 1 and set(growth) == expected and len(result['growth']) == len(growth)
     assert growth[('copy-to20', 0)]['final_depth'] == 20 and growth[('zero-hold', 0)]['final_depth'] == 14
     assert result['parity']['seeds'] == [0, 1] and result['verdict']['recipe'] in SMOKE_FRONTIER['frontier']['recipes']
     assert result['verdict']['met'] in (True, False)
@@ -116,7 +120,7 @@ def test_frontier_smoke(tmp_path):
 def test_frontier_refuses_a_changed_configuration_and_bad_recipes(tmp_path):
     small = yaml.safe_load(yaml.safe_dump(SMOKE_FRONTIER))
     small['frontier']['select_lrs'] = [0.05]
-    small['frontier']['recipes'] = {}
+    small['frontier']['recipes'], small['frontier']['preregistered'] = {}, []
     assert run_frontier(tmp_path, small, '--only', 'select').returncode == 0
     changed = yaml.safe_load(yaml.safe_dump(small))
     changed['frontier']['common']['optim']['weight_decay'] = 0.01
@@ -126,6 +130,10 @@ def test_frontier_refuses_a_changed_configuration_and_bad_recipes(tmp_path):
     bad['frontier']['recipes'] = {'nope': {'strategy': {'name': 'incremental', 'init': 'zeros'}}}
     out = run_frontier(tmp_path, bad)
     assert out.returncode == 2 and "frontier.recipes.nope: strategy.init must be one of" in out.stderr
+    unknown = yaml.safe_load(yaml.safe_dump(SMOKE_FRONTIER))
+    unknown['frontier']['preregistered'] = ['copy-hold']
+    out = run_frontier(tmp_path, unknown)
+    assert out.returncode == 2 and 'frontier.preregistered: copy-hold not in frontier.recipes' in out.stderr
 
 
 # ---- bf16.py (bf16 on the CPU as a lever) and mfu.py's bf16 / GPU-pipeline options (issue 16) ----

@@ -173,7 +173,8 @@ def test_a_stage_with_only_its_downsampling_block_gets_a_zero_block_when_copy_ha
               'strategy': {'name': 'incremental', 'init': 'copy', 'grow_epochs': [1, 2]}}
     run(config, tmp_path / 'run')
     first, second = [json.loads(line) for line in (tmp_path / 'run' / 'events.jsonl').read_text().splitlines()]
+    no_block = '(copy: no block of this shape in the stage to copy)'
     assert first['ops'] == ['grow_depth(stage=0, index=1, init=copy, copy_scale=0.5)',
-                            'grow_depth(stage=1, index=1, init=zero) (copy: no block of this shape in the stage to copy)',
-                            'grow_depth(stage=2, index=1, init=zero) (copy: no block of this shape in the stage to copy)']
+                            f'grow_depth(stage=1, index=1, init=zero) {no_block}',
+                            f'grow_depth(stage=2, index=1, init=zero) {no_block}']
     assert all('init=copy' in op for op in second['ops'])  # the zero blocks born at the first growth are copied

@@ -53,7 +53,8 @@ def cifar_python_files(class_order=CIFAR10_CLASSES, n_train=2, n_test=1, image=c
             for c in CIFAR10_CLASSES:
                 rows.append(image(CIFAR10_CLASSES.index(c), i).reshape(-1))
                 labels.append(names.index(c))
-        return pickle.dumps({'batch_label': 'fixture', 'data': np.stack(rows) if rows else np.zeros((0, 3072), np.uint8),
+        return pickle.dumps({'batch_label': 'fixture',
+                             'data': np.stack(rows) if rows else np.zeros((0, 3072), np.uint8),
                              'labels': labels}, protocol=2)
 
     files = {f'data_batch_{k}': batch(n_train if k == 1 else 0) for k in range(1, 6)}
@@ -209,7 +210,8 @@ def test_prepare_is_byte_deterministic(tmp_path):
     src = image_folder_tar(tmp_path / 'c.tar.gz')
     out = prepare('cifar10', src, tmp_path / 'd', expected_sizes=SIZES, progress=False)
     first = files_of(out)
-    assert sorted(first) == ['provenance.json', 'test_images.npy', 'test_labels.npy', 'train_images.npy', 'train_labels.npy']
+    assert sorted(first) == ['provenance.json', 'test_images.npy', 'test_labels.npy', 'train_images.npy',
+                             'train_labels.npy']
     prepare('cifar10', src, tmp_path / 'd', expected_sizes=SIZES, progress=False)
     assert files_of(out) == first
     assert sorted(p.name for p in (tmp_path / 'd').iterdir()) == ['cifar10']  # no temporary folders left
@@ -220,8 +222,10 @@ def test_prepare_is_byte_deterministic(tmp_path):
 
 
 def test_different_sources_differ(tmp_path):
-    a = prepare('cifar10', cifar_python_tar(tmp_path / 'a.tar.gz'), tmp_path / 'a', expected_sizes=SIZES, progress=False)
-    b = prepare('cifar10', image_folder_tar(tmp_path / 'b.tar.gz'), tmp_path / 'b', expected_sizes=SIZES, progress=False)
+    a = prepare('cifar10', cifar_python_tar(tmp_path / 'a.tar.gz'), tmp_path / 'a', expected_sizes=SIZES,
+                progress=False)
+    b = prepare('cifar10', image_folder_tar(tmp_path / 'b.tar.gz'), tmp_path / 'b', expected_sizes=SIZES,
+                progress=False)
     pa, pb = provenance('cifar10', tmp_path / 'a'), provenance('cifar10', tmp_path / 'b')
     assert (pa['source']['kind'], pb['source']['kind']) == ('cifar10-python', 'cifar10-jpg')
     assert files_of(a)['provenance.json'] != files_of(b)['provenance.json']  # so the DVC hash differs too
@@ -229,8 +233,10 @@ def test_different_sources_differ(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- source search
 def test_missing_source_names_every_option(tmp_path, no_defaults):
-    for name, words in (('cifar10', ['torchvision download', '--source', 'cifar-10-python.tar.gz', 'train/<class>/*.jpg']),
-                        ('fashion_mnist', ['torchvision download', '--source', 'apt-get install dataset-fashion-mnist'])):
+    for name, words in (('cifar10', ['torchvision download', '--source', 'cifar-10-python.tar.gz',
+                                     'train/<class>/*.jpg']),
+                        ('fashion_mnist', ['torchvision download', '--source',
+                                           'apt-get install dataset-fashion-mnist'])):
         with pytest.raises(FileNotFoundError) as e:
             prepare(name, root=tmp_path / 'data')
         msg = str(e.value)
@@ -261,7 +267,8 @@ def test_torchvision_cache_is_used_without_the_network(tmp_path, no_defaults, mo
     import torchvision.datasets.utils as tvu
     (tmp_path / 'cache').mkdir()
     cifar_python_tar(tmp_path / 'cache' / 'cifar-10-python.tar.gz')  # where torchvision's download would put it
-    monkeypatch.setattr(tvu, 'check_integrity', lambda path, md5=None: path.is_file())  # the fixture is not the real file
+    # the fixture is not the real file
+    monkeypatch.setattr(tvu, 'check_integrity', lambda path, md5=None: path.is_file())
     prepare('cifar10', root=tmp_path / 'data', expected_sizes=SIZES)
     assert provenance('cifar10', tmp_path / 'data')['source']['kind'] == 'cifar10-python'
 
@@ -293,22 +300,30 @@ BAD_CIFAR = {
     'truncated python archive': (lambda d: truncated(cifar_python_tar(d / 'x.tar.gz')), 'corrupt or truncated archive'),
     'truncated image archive': (lambda d: truncated(image_folder_tar(d / 'x.tar.gz')), 'corrupt or truncated archive'),
     'not an archive of either kind': (lambda d: tar_gz(d / 'x.tar.gz', {'a/b.txt': b'hi'}), 'holds no images'),
-    'missing batch': (lambda d: tar_gz(d / 'x.tar.gz', {f'c/{k}': v for k, v in cifar_python_files().items() if k != 'data_batch_3'}),
+    'missing batch': (lambda d: tar_gz(d / 'x.tar.gz', {f'c/{k}': v for k, v in cifar_python_files().items()
+                                                        if k != 'data_batch_3'}),
                       'missing data_batch_3'),
     'corrupt pickle': (lambda d: tar_gz(d / 'x.tar.gz', {f'c/{k}': (v if k != 'test_batch' else v[:50])
-                                                           for k, v in cifar_python_files().items()}), 'corrupt CIFAR-10 batch'),
+                                                           for k, v in cifar_python_files().items()}),
+                       'corrupt CIFAR-10 batch'),
     'wrong image size (python)': (lambda d: tar_gz(d / 'x.tar.gz', {f'c/{k}': v for k, v in cifar_python_files(
         image=lambda c, i: np.zeros((3, 16, 16), np.uint8)).items()}), 'wrong image size in'),
-    'wrong image size (jpg)': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={'train/cat/0001.jpg': jpg(np.zeros((3, 16, 16), np.uint8))}),
+    'wrong image size (jpg)': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={
+                                   'train/cat/0001.jpg': jpg(np.zeros((3, 16, 16), np.uint8))}),
                                'wrong image size: '),
-    'grey jpg of the wrong size': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={'test/dog/0000.jpg': jpg(np.zeros((1, 28, 28), np.uint8))}),
+    'grey jpg of the wrong size': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={
+                                       'test/dog/0000.jpg': jpg(np.zeros((1, 28, 28), np.uint8))}),
                                    '3×28×28, cifar10 images are 3×32×32'),
-    'undecodable jpg': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={'test/dog/0000.jpg': b'\xff\xd8 not really'}), 'cannot decode'),
-    'nine classes (jpg)': (lambda d: image_folder_tar(d / 'x.tar.gz', class_order=CIFAR10_CLASSES[:9]), 'has 9 class folders'),
+    'undecodable jpg': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={'test/dog/0000.jpg': b'\xff\xd8 not really'}),
+                        'cannot decode'),
+    'nine classes (jpg)': (lambda d: image_folder_tar(d / 'x.tar.gz', class_order=CIFAR10_CLASSES[:9]),
+                           'has 9 class folders'),
     'eleven classes (python)': (lambda d: cifar_python_tar(d / 'x.tar.gz', extra_names=('unicorn',)), 'has 11 classes'),
-    'renamed class (jpg)': (lambda d: image_folder_tar(d / 'x.tar.gz', extra={'train/lorry/0000.jpg': jpg(cifar_image(9, 0))}),
+    'renamed class (jpg)': (lambda d: image_folder_tar(d / 'x.tar.gz',
+                                                       extra={'train/lorry/0000.jpg': jpg(cifar_image(9, 0))}),
                             'has 11 class folders'),
-    'missing image': (lambda d: image_folder_tar(d / 'x.tar.gz', drop={'train/frog/0001.jpg'}), 'wrong number of images'),
+    'missing image': (lambda d: image_folder_tar(d / 'x.tar.gz', drop={'train/frog/0001.jpg'}),
+                      'wrong number of images'),
 }
 BAD_FASHION = {
     'truncated gz': (lambda d: truncated(fashion_idx_dir(d / 'f') / 'train-images-idx3-ubyte.gz').parent,
@@ -316,7 +331,8 @@ BAD_FASHION = {
     'truncated idx': (lambda d: truncated(fashion_idx_dir(d / 'f', gz=False) / 't10k-images-idx3-ubyte').parent,
                       'truncated or corrupt IDX file'),
     'wrong image size': (lambda d: fashion_idx_dir(d / 'f', size=27), 'wrong image size'),
-    'labels and images disagree': (lambda d: fashion_idx_dir(d / 'f', n_labels=19), 'wrong number of images: train has 20 images but 19 labels'),
+    'labels and images disagree': (lambda d: fashion_idx_dir(d / 'f', n_labels=19),
+                                   'wrong number of images: train has 20 images but 19 labels'),
     'eleven classes': (lambda d: fashion_idx_dir(d / 'f', label_offset=1), 'wrong number of classes'),
 }
 
@@ -332,7 +348,8 @@ def test_bad_cifar_sources(tmp_path, case):
     assert_nothing_written(tmp_path / 'data')
 
 
-@pytest.mark.parametrize('keep,compressed', [(0.05, True), (0.5, True), (0.95, True), (-20, True), (0.05, False), (0.5, False)])
+@pytest.mark.parametrize('keep,compressed', [(0.05, True), (0.5, True), (0.95, True), (-20, True), (0.05, False),
+                                             (0.5, False)])
 def test_truncated_anywhere(tmp_path, keep, compressed):
     "Cut anywhere (a plain tar: anywhere before its trailing zero padding, whose loss loses no data)."
     src = image_folder_tar(tmp_path / 'x.tar.gz')

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from incres.growth import GROWTH_INITS, MODES, WIDEN_INITS, function_gap, grow_depth, widen
+from incres.growth import (GROWTH_INITS, MODES, VARIANCE_TRANSFER_INITS, WIDEN_INITS, _conv_bn_pairs, function_gap,
+                           grow_depth, widen)
 from incres.resnet import BasicBlock, PlainLayer, ResNet
 from incres.testing import assert_same_state, random_images, state_of
 
@@ -99,6 +100,70 @@ def test_widen_paired_is_exact(net, data, extra, size, seed):
         assert torch.equal(w[:, old + 1:old + n:2], -w[:, old:old + n:2])
         assert not w[:, old + n:].any()
     assert_same_state(wide, widen(net, stage, width, 'paired', noise=0.5, generator=seed))  # noise: net2net only
+
+
+def eps_corrected(wide: ResNet, net: ResNet) -> ResNet:
+    "`wide` with ε × n/n′ in each BatchNorm after a convolution whose fan-in grew from n to n′."
+    wide = copy.deepcopy(wide)
+    for (oc, _), (nc, nb) in zip(_conv_bn_pairs(net), _conv_bn_pairs(wide), strict=True):
+        nb.eps *= oc.in_channels / nc.in_channels
+    return wide
+
+
+@settings(max_examples=100)
+@given(net=nets(), data=st.data(), init=st.sampled_from(list(WIDEN_INITS)), vt=st.booleans(),
+       extra=st.integers(1, 6), size=st.integers(2, 4), seed=st.integers(0, 99))
+def test_every_width_init_with_and_without_variance_transfer(net, data, init, vt, extra, size, seed):
+    """Exact inits stay exact; variance transfer scales exactly the old block of every convolution whose fan-in grew
+    (and its BN's running statistics) and, for paired, changes the function only through BatchNorm's ε."""
+    stage = data.draw(st.integers(0, len(net.stages) - 1))
+    width = net.widths[stage] + extra
+    x, before = random_images(size, net.in_channels, seed=seed), state_of(net)
+    if vt and init not in VARIANCE_TRANSFER_INITS:
+        with pytest.raises(ValueError, match='variance_transfer rescales old weights'):
+            widen(net, stage, width, init, generator=seed, variance_transfer=True)
+        return
+    wide = widen(net, stage, width, init, generator=seed, variance_transfer=vt)
+    assert_same_state(net, before)
+    assert all(t.isfinite().all() for t in wide.state_dict().values() if t.is_floating_point())
+    if not vt:
+        if WIDEN_INITS[init].preserves_function == 'exact':
+            for mode in MODES: assert function_gap(net, wide, x, mode, relative=True) < TOL, (init, mode)
+        return
+    plain, scaled = widen(net, stage, width, init, generator=seed), 0
+    for (oc, ob), (pc, pb), (vc, vb) in zip(_conv_bn_pairs(net), _conv_bn_pairs(plain), _conv_bn_pairs(wide)):
+        n, m, c = oc.in_channels, oc.out_channels, (oc.in_channels / vc.in_channels) ** 0.5
+        pw, vw = pc.weight.detach(), vc.weight.detach()
+        assert torch.allclose(vw[:m, :n], pw[:m, :n] * c, rtol=1e-6, atol=0)
+        assert torch.equal(vw[m:], pw[m:]) and torch.equal(vw[:m, n:], pw[:m, n:])  # new weights: as drawn
+        assert torch.allclose(vb.running_var[:m], pb.running_var[:m] * c * c, rtol=1e-6, atol=0)
+        assert torch.allclose(vb.running_mean[:m], pb.running_mean[:m] * c, rtol=1e-6, atol=1e-30)
+        scaled += c < 1
+    assert scaled > 0  # every block's conv2 reads the block's own widened channels
+    assert_same_state(wide.fc, plain.fc)  # the classifier: no BatchNorm after it, not rescaled
+    if init == 'paired':
+        for mode in MODES:
+            assert function_gap(net, eps_corrected(wide, net), x, mode, relative=True) < TOL, mode
+
+
+def test_variance_transfer_bad_arguments():
+    net = fixed_net()
+    for init in ('net2net', 'net2net_noise'):
+        with pytest.raises(ValueError, match=r"needs init in \['random', 'paired'\], got '" + init):
+            widen(net, 1, 12, init, variance_transfer=True)
+    for bad in ('yes', 1, None):
+        with pytest.raises(ValueError, match='variance_transfer must be True or False'):
+            widen(net, 1, 12, 'paired', variance_transfer=bad)
+    assert VARIANCE_TRANSFER_INITS == ('random', 'paired')
+
+
+def test_variance_transfer_is_within_eps_of_exact():
+    "With ε as it is, paired + variance transfer moves the logits by about ε / σ² (ε = 1e-5), far below `random`."
+    net, x = fixed_net('B'), torch.randn(16, 3, 8, 8)
+    wide = widen(net, 1, 16, 'paired', generator=0, variance_transfer=True)
+    for mode in MODES:
+        assert 0 < function_gap(net, wide, x, mode, relative=True) < 1e-3, mode
+        assert function_gap(net, eps_corrected(wide, net), x, mode, relative=True) < TOL, mode
 
 
 def test_paired_pairs_separate_at_the_first_step():

@@ -30,11 +30,32 @@ def test_every_strategy_resolves_in_every_profile(profile, dataset):
             assert plan[-1].end_epoch == cfg['train']['epochs'], (strategy, run['name'])
 
 
+VARIANTS = {'widen-paired-vt': ('widen-paired', {'widen_variance_transfer': True, 'widen_lr_scale': 2.0})}
+
+
 def test_the_widening_strategies_are_one_per_widen_init():
     from incres.growth import WIDEN_INITS
-    inits = {s: PARAMS['strategy'][s]['widen_init'] for s in WIDEN}
+    inits = {s: PARAMS['strategy'][s]['widen_init'] for s in WIDEN if s not in VARIANTS}
     assert sorted(inits.values()) == sorted(WIDEN_INITS)
     assert all(s == 'widen-' + init.replace('_', '-') for s, init in inits.items())  # each key says what it is
+
+
+@pytest.mark.parametrize('profile', PROFILES)
+def test_a_variant_is_its_base_strategy_plus_its_widening_options(profile):
+    "widen-paired-vt: widen-paired plus variance transfer and the new channels' learning-rate scale, nothing else."
+    for variant, (base, options) in VARIANTS.items():
+        assert PARAMS['strategy'][variant] == {**PARAMS['strategy'][base], **options}
+        for run, reference in zip(runs(profile, 'cifar10', variant), runs(profile, 'cifar10', base), strict=True):
+            cfg, ref = resolve_config(run['config']), resolve_config(reference['config'])
+            assert {k: v for k, v in cfg['strategy'].items() if k not in options and k != 'phases'} \
+                == {k: v for k, v in ref['strategy'].items() if k != 'phases'}
+            widening = plan_phases(cfg)[1].settings
+            assert {k: widening[k] for k in options} == options
+    for strategy in WIDEN:  # the options are opt-in: the other strategies' configs do not mention them
+        if strategy in VARIANTS: continue
+        cfg = resolve_config(runs(profile, 'cifar10', strategy)[0]['config'])
+        assert not any(k in cfg['strategy'] or k in ph for k in ('widen_variance_transfer', 'widen_lr_scale')
+                       for ph in cfg['strategy']['phases'])
 
 
 @pytest.mark.parametrize('profile', PROFILES)
@@ -85,3 +106,21 @@ def test_a_widening_strategy_through_the_pipeline(tmp_path):
     assert list(curves[curves.strategy_key == strategy].part) == ['teacher', 'student', 'student']
     summary = json.loads((tmp_path / 'runs' / strategy / 'metrics.json').read_text())
     assert summary['strategy'] == strategy and summary['runs'] == 1
+
+
+def test_the_variance_transfer_strategy_through_the_pipeline(tmp_path):
+    "widen-paired-vt on synthetic data: the widening is near-exact (variance transfer is exact up to BN's eps)."
+    params = copy.deepcopy(SMOKE_PARAMS)
+    strategy = 'widen-paired-vt'
+    params['strategy'][strategy] = PARAMS['strategy'][strategy]
+    params['strategies'] = [strategy]
+    profile = params['profiles']['smoke']
+    profile['common'] = merge(profile['common'], {'model': {'depth': 8, 'width': 16}, 'train': {'epochs': 3}})
+    run_experiment(params, 'synthetic', strategy, tmp_path / 'runs' / strategy, tmp_path / 'models' / strategy)
+    metrics, history, events = load_runs(tmp_path / 'runs')
+    (event,) = events.to_dict('records')
+    assert event['widen_init'] == 'paired'
+    assert event['ops'] == [f'widen(stage={s}, width={w}, init=paired, variance_transfer)'
+                            for s, w in enumerate((16, 32, 64))]
+    assert event['max_logit_change'] < 1e-2
+    assert list(history.widths) == ['8 16 32', '16 32 64', '16 32 64']

@@ -7,7 +7,8 @@ from incres.report import check_in_browser, find_chromium, write_report
 from incres.testing import fake_report_section
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_chromium = pytest.mark.skipif(find_chromium() is None, reason='headless Chromium not installed (apt-get install -y chromium)')
+needs_chromium = pytest.mark.skipif(find_chromium() is None,
+                                    reason='headless Chromium not installed (apt-get install -y chromium)')
 
 
 @needs_chromium

@@ -46,7 +46,8 @@ def config(tmp_path) -> Path:
 
 def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_process(tmp_path, config, capsys):
     holder = subprocess.Popen([sys.executable, '-c', 'import sys, time\nfrom incres.checkpoint import RunLock\n'
-                               f'RunLock({str(tmp_path/"run")!r}).acquire(); print("locked", flush=True); time.sleep(600)'],
+                               f'RunLock({str(tmp_path/"run")!r}).acquire(); print("locked", flush=True); '
+                               'time.sleep(600)'],
                               stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == 'locked'  # synchronised on its output, not on time
@@ -95,7 +96,8 @@ def test_a_directory_holding_another_configuration_is_refused(tmp_path, config, 
     line = one_line_error(capsys)
     assert 'holds a run with a different configuration (optim.lr: 0.05 -> 0.01)' in line, line
     assert 'choose another --out, or pass --overwrite' in line
-    assert {p.name: p.read_bytes() for p in (tmp_path/'run').glob('*.*') if not p.name.startswith('.')} == before  # nothing was touched
+    # nothing was touched
+    assert {p.name: p.read_bytes() for p in (tmp_path/'run').glob('*.*') if not p.name.startswith('.')} == before
     assert main(argv + ['--overwrite']) == 0
     assert (tmp_path/'run'/'metrics.json').exists() and len(pd.read_csv(tmp_path/'run'/'history.csv')) == 3
 
@@ -175,7 +177,8 @@ def test_resume_refuses_changed_data(tmp_path, capsys, monkeypatch):
     cfg = merge(TINY, {'train': {'interrupt_after_epoch': 1}})
     with pytest.raises(KeyboardInterrupt): run(cfg, tmp_path/'run')
     monkeypatch.setattr('incres.train.data_fingerprint', lambda name, root: 'prepared-again')
-    with pytest.raises(ValueError, match=r'the data of synthetic changed since .*last.pt was written'): run(TINY, tmp_path/'run')
+    with pytest.raises(ValueError, match=r'the data of synthetic changed since .*last.pt was written'):
+        run(TINY, tmp_path/'run')
 
 
 def test_resume_refuses_another_number_of_processes(tmp_path):

@@ -134,7 +134,8 @@ def test_gradient_norms_reject_a_missing_block():
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
 def test_train_steps_reduces_the_loss_and_is_reproducible(optimizer):
     x, y = random_images(16, seed=1), torch.arange(16) % 5
-    curves = [train_steps(_net(), x, y, 25, lr=0.05 if optimizer == 'sgd' else 0.01, optimizer=optimizer) for _ in range(2)]
+    curves = [train_steps(_net(), x, y, 25, lr=0.05 if optimizer == 'sgd' else 0.01, optimizer=optimizer)
+              for _ in range(2)]
     assert curves[0] == curves[1]
     assert len(curves[0]) == 26 and curves[0][-1] < 0.7 * curves[0][0]
 

@@ -168,7 +168,10 @@ def test_resnet18_grows_into_resnet34_and_resnet10_into_resnet18():
 
 # `incres train` on a torchvision architecture -----------------------------------------------------------------------
 
-TV = merge(TINY, {'model': {'arch': 'torchvision.resnet18', 'stage_depths': [2, 2, 2, 2], 'width': 4,
+# width 8, not 4: oneDNN's channels-last backward of the 4 -> 8 channel 1x1 stride-2 shortcut corrupts the heap on
+# CPUs without AVX-512 (torch 2.14.1; widths 4 and 6 abort, 8 and 16 run): a torch bug, not one of incres
+TV_WIDTH = 8
+TV = merge(TINY, {'model': {'arch': 'torchvision.resnet18', 'stage_depths': [2, 2, 2, 2], 'width': TV_WIDTH,
                             'cifar_stem': True}, 'train': {'epochs': 3}})
 TV['model'].pop('depth')
 GROWING = {
@@ -187,7 +190,8 @@ def test_incres_train_grows_a_torchvision_resnet(tmp_path, capsys, name):
     assert 'test_acc' in capsys.readouterr().out
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
     depth = {'zero': 18, 'bottleneck_cached': 26}[name]
-    assert (m['stage_depths'], m['widths'], m['depth'], m['growth_events']) == ([2, 2, 2, 2], [4, 8, 16, 32], depth, 1)
+    widths = [TV_WIDTH * 2 ** stage for stage in range(4)]
+    assert (m['stage_depths'], m['widths'], m['depth'], m['growth_events']) == ([2, 2, 2, 2], widths, depth, 1)
     assert m['train_flops'] == m['step_flops'] + m['growth_flops'] + m['cache_flops'] > 0
     assert (m['cache_flops'] > 0) == (name == 'bottleneck_cached')  # the frozen prefix ran once, on cached features
     event = json.loads((tmp_path/'run'/'events.jsonl').read_text())
@@ -198,7 +202,7 @@ def test_incres_train_grows_a_torchvision_resnet(tmp_path, capsys, name):
     assert saved == GROWING[name]['model']
     network = load_model(tmp_path/'run'/'model.pt')
     assert type(network.net) is TorchvisionAdapter and type(network.net.model) is ResNet
-    fresh = torchvision_resnet(saved['arch'].removeprefix('torchvision.'), [2, 2, 2, 2], 4, 10, cifar_stem=True)
+    fresh = torchvision_resnet(saved['arch'].removeprefix('torchvision.'), [2, 2, 2, 2], TV_WIDTH, 10, cifar_stem=True)
     fresh.load_state_dict(network.net.model.state_dict())  # plain torchvision names and shapes
 
 
@@ -207,7 +211,7 @@ def test_flops_of_a_torchvision_resnet_are_counted_as_for_any_module(tmp_path):
     cfg = write_config(tmp_path/'c.yaml', merge(TV, {'train': {'epochs': 1}}))
     assert main(['train', str(cfg), '--out', str(tmp_path/'run')]) == 0
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
-    net = torchvision_resnet('resnet18', None, 4, 10, cifar_stem=True)
+    net = torchvision_resnet('resnet18', None, TV_WIDTH, 10, cifar_stem=True)
     x, y = random_images(64, size=16), torch.zeros(64, dtype=torch.long)
     assert m['step_flops'] == m['steps'] * train_step_flops(LossOf(net), x, y) > 0
 

@@ -42,19 +42,21 @@ def train_stopped(tmp_path, config: Path, out: Path, event: str, epoch: int, sig
     "Run `incres train config --out out` in a subprocess that sends itself `sig` at `event` of `epoch`."
     script = tmp_path/'stop.py'
     script.write_text(STOP_SCRIPT)
-    return subprocess.run([sys.executable, str(script), event, str(epoch), sig, 'train', str(config), '--out', str(out)],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(script), event, str(epoch), sig, 'train', str(config),
+                           '--out', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize('strategy, extra', [
     ('e2e', {}), ('incremental', {'init': 'random', 'trainable': 'new_then_all'}), ('net2net', {'lr_scale': 0.5}),
     ('dils', {'init': 'dils_approx'}), ('greedy', {'hidden_layers': 2}), ('dgl', {})])
 def test_every_strategy_through_the_cli(tmp_path, capsys, strategy, extra):
-    cfg = write_config(tmp_path/'c.yaml', merge(TINY, {'strategy': {'name': strategy, **extra}, 'train': {'epochs': 6}}))
+    cfg = write_config(tmp_path/'c.yaml',
+                       merge(TINY, {'strategy': {'name': strategy, **extra}, 'train': {'epochs': 6}}))
     assert main(['train', str(cfg), '--out', str(tmp_path/'run'), '--set', 'train.seed=1']) == 0
     assert 'test_acc' in capsys.readouterr().out
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
-    for key in ('test_acc', 'train_flops', 'train_seconds', 'params', 'depth', 'strategy', 'dataset', 'seed', 'eval_flops'):
+    for key in ('test_acc', 'train_flops', 'train_seconds', 'params', 'depth', 'strategy', 'dataset', 'seed',
+                'eval_flops'):
         assert m[key] is not None, key
     assert (m['strategy'], m['dataset'], m['seed'], m['epochs']) == (strategy, 'synthetic', 1, 6)
     assert m['train_flops'] == m['step_flops'] + m['growth_flops'] + m['cache_flops'] > 0
@@ -149,7 +151,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, event):
     drop = lambda f: pd.read_csv(f).drop(columns=['train_seconds', 'eval_seconds'])
     pd.testing.assert_frame_equal(drop(tmp_path/'cut'/'history.csv'), drop(tmp_path/'whole'/'history.csv'))
     assert (tmp_path/'cut'/'steps.csv').read_text() == (tmp_path/'whole'/'steps.csv').read_text()
-    strip = lambda f: [{k: v for k, v in json.loads(l).items() if 'seconds' not in k} for l in f.read_text().splitlines()]
+    strip = lambda f: [{k: v for k, v in json.loads(l).items() if 'seconds' not in k}
+                       for l in f.read_text().splitlines()]
     assert strip(tmp_path/'cut'/'events.jsonl') == strip(tmp_path/'whole'/'events.jsonl')
     dvc = pd.read_csv(tmp_path/'cut'/'dvclive'/'plots'/'metrics'/'test_acc.tsv', sep='\t')
     assert list(dvc.step) == list(range(1, 9))  # the DVCLive logs were replayed, not duplicated
@@ -240,18 +243,20 @@ from incres.train import Trainer
 t = Trainer(sys.argv[1], sys.argv[2])
 m = t.fit()
 digest = hashlib.sha256(b''.join(v.cpu().numpy().tobytes() for v in t.network.state_dict().values())).hexdigest()
-open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.json"), 'w').write(json.dumps({'digest': digest, 'metrics': m}))
+path = os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.json")
+open(path, 'w').write(json.dumps({'digest': digest, 'metrics': m}))
 '''
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
-    cfg = merge(TINY, {'train': {'epochs': 3}, 'strategy': {'name': 'incremental', 'init': 'dils_analytic', 'grow_epochs': [1]}})
+    cfg = merge(TINY, {'train': {'epochs': 3},
+                       'strategy': {'name': 'incremental', 'init': 'dils_analytic', 'grow_epochs': [1]}})
     config = write_config(tmp_path/'c.yaml', cfg)
     script = tmp_path/'ddp.py'
     script.write_text(DDP_SCRIPT)
     out = tmp_path/'ddp'
-    res = subprocess.run([str(BIN/'torchrun'), '--standalone', '--nproc_per_node', '2', str(script), str(config), str(out)],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([str(BIN/'torchrun'), '--standalone', '--nproc_per_node', '2', str(script), str(config),
+                          str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [json.loads((out/f'rank{r}.json').read_text()) for r in (0, 1)]
     assert ranks[0]['digest'] == ranks[1]['digest']  # the processes hold the same network
