@@ -187,6 +187,17 @@ def test_bf16_theoretical_peak_and_the_mfu_check():
             {'label': 'ResNet-20 fp32', 'precision': 'fp32', 'mfu': 0.5}]
     errors = bf16.mfu_errors(rows)
     assert len(errors) == 1 and errors[0].startswith('ResNet-20 bf16 reaches 1.20') and 'bug' in errors[0]
+    # without native bf16, autocast computes in fp32: the bf16 bound is the fp32 matmul peak, not the slow bf16 matmul
+    peak = lambda p, f: {'precision': p, 'threads': 1, 'n': 1024, 'flops_per_second': f}
+    peaks = {'fp32': peak('fp32', 80e9), 'bf16': peak('bf16', 3e9)}
+    avx2 = {'flop_per_cycle_per_core': bf16.flop_per_cycle({'avx2', 'fma'})}
+    bound = bf16.bound_peaks(peaks, avx2)
+    assert bound['bf16']['flops_per_second'] == 80e9 and bound['bf16']['measured_bf16_matmul'] == peaks['bf16']
+    assert bf16.bound_peaks(peaks, {'flop_per_cycle_per_core': bf16.flop_per_cycle(avx512)}) == peaks  # native
+    saved = {'theoretical_peak': avx2, 'matmul_peak': {'peak': peaks},
+             'steps': [{'label': 'ResNet-20 bf16', 'precision': 'bf16', 'achieved_flops_per_second': 7e9}]}
+    again = bf16.rescore(saved)
+    assert again['errors'] == [] and again['steps'][0]['mfu'] == 7e9 / 80e9
 
 
 def fake_run(root, strategy: str, train_flops: float, train_seconds: float):
