@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from incres.compute import Stopwatch, matmul_flops_per_second, train_step_flops
+from incres.compute import Stopwatch, matmul_flops_per_second, native_bf16, train_step_flops
 from incres.resnet import resnet
 from incres.network import Network, TrainStep
 
@@ -128,12 +128,18 @@ def measure_device(device: torch.device, args, peaks: dict) -> list:
     rows = [measure_model(d, args, device) for d in args.depths]
     after = matmul_peak(device, sizes, args.matmul_seconds, dtype)  # the machine may have changed meanwhile
     peak = max(before['best'], after['best'])
+    fp32_bound = None
+    if args.precision == 'bf16' and not native_bf16(device):
+        # no native bf16: oneDNN computes bf16-autocast convolutions in fp32 while a bf16 matmul runs a slow reference
+        # kernel, so the fp32 matmul peak is the upper bound of a bf16 step (bf16.py's bound_peaks)
+        fp32_bound = matmul_peak(device, sizes, args.matmul_seconds, torch.float32)
+        peak = max(peak, fp32_bound['best'])
     sheet = datasheet_peak(device, args.precision)
     for r in rows:
         r['mfu'] = r['achieved_flops_per_second'] / peak
         if sheet: r['mfu_datasheet'] = r['achieved_flops_per_second'] / sheet['flops_per_second']
     peaks[str(device)] = {'precision': args.precision, 'before': before, 'after': after, 'peak': peak,
-                          'datasheet': sheet}
+                          'datasheet': sheet, 'fp32_bound': fp32_bound}
     print(f'{device}: {args.precision} matmul peak {peak / 1e9:.1f} GFLOP/s (best of before '
           f'{before["best"] / 1e9:.1f}, after {after["best"] / 1e9:.1f})'
           + (f'; datasheet {sheet["flops_per_second"] / 1e12:.0f} TFLOP/s ({sheet["gpu"]})' if sheet else ''),
